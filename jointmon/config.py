@@ -1,0 +1,111 @@
+"""Connection settings for MQTT and InfluxDB, from URLs, TOML files and the environment.
+
+Secrets (MQTT password, InfluxDB token/password) come from the environment or a file, never
+from the command line, where ``ps`` would show them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jointmon.errors import ConfigError
+
+ENV_MQTT_PASSWORD = "JOINTMON_MQTT_PASSWORD"
+ENV_INFLUX_TOKEN = "JOINTMON_INFLUX_TOKEN"
+ENV_INFLUX_PASSWORD = "JOINTMON_INFLUX_PASSWORD"
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    keepalive_s: int = 30
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttSettings:
+        """``mqtt://[user@]host[:port]`` or ``mqtts://...``; the password comes from the environment."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp"):
+            raise ConfigError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ConfigError(f"MQTT URL {url!r}: no host")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError as exc:
+            raise ConfigError(f"MQTT URL {url!r}: {exc}") from None
+        return cls(host=parts.hostname, port=port, username=parts.username,
+                   password=os.environ.get(ENV_MQTT_PASSWORD), tls=parts.scheme == "mqtts")
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class InfluxSettings:
+    """Where results go. ``api`` is ``"v1"`` (``/write``, database) or ``"v2"`` (``/api/v2/write``, bucket)."""
+
+    url: str = "http://127.0.0.1:8086"
+    api: str = "v2"
+    database: str = "jointmon"  # v1 database, or v2 bucket
+    org: str = "jointmon"
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    batch_size: int = 5000
+    flush_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.api not in ("v1", "v2"):
+            raise ConfigError(f"influx api {self.api!r}: must be 'v1' or 'v2'")
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise ConfigError(f"influx url {self.url!r}: must start with http:// or https://")
+        if self.batch_size < 1 or self.flush_interval_s <= 0:
+            raise ConfigError("influx batch_size must be >= 1 and flush_interval_s > 0")
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> InfluxSettings:
+        """Settings with secrets taken from the environment (``JOINTMON_INFLUX_TOKEN`` / ``_PASSWORD``)."""
+        kwargs.setdefault("token", os.environ.get(ENV_INFLUX_TOKEN))
+        kwargs.setdefault("password", os.environ.get(ENV_INFLUX_PASSWORD))
+        return cls(**kwargs)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def section(data: dict[str, Any], cls: type, name: str, path: str | Path) -> Any:
+    """Build dataclass ``cls`` from table ``name`` of a config; unknown keys and bad types name the key."""
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [{name}] unknown key {key!r} (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        if default is not None and not isinstance(value, type(default)) and not (
+            isinstance(default, float) and isinstance(value, int)
+        ):
+            raise ConfigError(f"{path}: [{name}] {key} = {value!r} should be {type(default).__name__}")
+    try:
+        return cls(**table)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [{name}] {exc}") from None

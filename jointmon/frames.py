@@ -1,0 +1,104 @@
+"""MQTT data frame v1: the binary payload on every data topic (about 50 ms of one stream).
+
+Layout (little-endian), documented in ``docs/protocol.md``::
+
+    offset size field
+    0      1    version       (= 1)
+    1      1    stream type   (jointmon.packets.StreamType)
+    2      1    channels      (IMU 6, mic 1)
+    3      1    flags         (bit 0: samples are missing before this frame)
+    4      4    frame_seq     (u32, per stream, +1 per frame: a subscriber sees lost frames)
+    8      8    first_index   (u64, index of the first sample since the stream started)
+    16     8    t0_ns         (i64, wall clock of the first sample, Unix ns, from the clock map)
+    24     8    rate_hz       (f64, nominal sample rate)
+    32     4    count         (u32, samples in this frame)
+    36     8*c  scale         (f64 per channel: physical units per LSB)
+    ..     2*c*count samples  (int16, count x channels, raw sensor LSBs: lossless)
+
+Samples keep the sensor's raw int16 values so the frame is lossless and compact.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from jointmon.errors import FrameError
+from jointmon.packets import CHANNELS, StreamType
+
+FRAME_VERSION = 1
+FRAME_HEADER = struct.Struct("<BBBBIQqdI")
+FLAG_GAP_BEFORE = 0x01
+MAX_FRAME_SAMPLES = 1 << 20  # sanity bound against corrupt counts (about 65 s of 16 kHz audio)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A block of consecutive samples of one stream. ``samples`` is int16 (count, channels)."""
+
+    stream: StreamType
+    frame_seq: int
+    first_index: int
+    t0_ns: int
+    rate_hz: float
+    scale: np.ndarray
+    samples: np.ndarray
+    flags: int = 0
+
+    @property
+    def count(self) -> int:
+        return int(self.samples.shape[0])
+
+    def physical(self) -> np.ndarray:
+        """Samples in physical units (IMU: g, deg/s; mic: full scale), float64 (count, channels)."""
+        return self.samples * self.scale
+
+    def sample_times_ns(self) -> np.ndarray:
+        """Wall-clock time of each sample (Unix ns), from t0_ns and the nominal rate."""
+        return self.t0_ns + np.round(np.arange(self.count) * (1e9 / self.rate_hz)).astype(np.int64)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    channels = CHANNELS[frame.stream]
+    samples = np.ascontiguousarray(frame.samples, dtype="<i2").reshape(-1, channels)
+    scale = np.ascontiguousarray(frame.scale, dtype="<f8").reshape(channels)
+    header = FRAME_HEADER.pack(
+        FRAME_VERSION, frame.stream, channels, frame.flags, frame.frame_seq & 0xFFFFFFFF,
+        frame.first_index, frame.t0_ns, frame.rate_hz, samples.shape[0],
+    )
+    return header + scale.tobytes() + samples.tobytes()
+
+
+def decode_frame(payload: bytes | bytearray | memoryview) -> Frame:
+    """Decode a frame payload; raise :class:`FrameError` with a reason token otherwise.
+
+    Reasons: ``truncated``, ``bad_version``, ``bad_stream``, ``bad_channels``, ``bad_count``,
+    ``bad_rate``, ``bad_scale``.
+    """
+    payload = bytes(payload)
+    if len(payload) < FRAME_HEADER.size:
+        raise FrameError("truncated", f"{len(payload)} bytes, header needs {FRAME_HEADER.size}")
+    version, stream_raw, channels, flags, seq, first, t0_ns, rate_hz, count = FRAME_HEADER.unpack_from(payload)
+    if version != FRAME_VERSION:
+        raise FrameError("bad_version", f"version {version}")
+    try:
+        stream = StreamType(stream_raw)
+    except ValueError:
+        raise FrameError("bad_stream", f"stream type {stream_raw}") from None
+    if channels != CHANNELS[stream]:
+        raise FrameError("bad_channels", f"{channels} channels for {stream.name}")
+    if not 0 < count <= MAX_FRAME_SAMPLES:
+        raise FrameError("bad_count", f"count {count}")
+    if not (np.isfinite(rate_hz) and rate_hz > 0):
+        raise FrameError("bad_rate", f"rate {rate_hz}")
+    expected = FRAME_HEADER.size + 8 * channels + 2 * channels * count
+    if len(payload) != expected:
+        raise FrameError("truncated" if len(payload) < expected else "bad_count",
+                         f"{len(payload)} bytes, count {count} needs {expected}")
+    scale = np.frombuffer(payload, "<f8", channels, FRAME_HEADER.size)
+    if not np.all(np.isfinite(scale) & (scale > 0)):
+        raise FrameError("bad_scale", f"scale {scale}")
+    samples = np.frombuffer(payload, "<i2", count * channels, FRAME_HEADER.size + 8 * channels)
+    return Frame(stream, seq, first, t0_ns, rate_hz, scale, samples.reshape(count, channels), flags)
