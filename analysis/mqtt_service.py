@@ -1,0 +1,180 @@
+"""The analysis service: subscribes to every data topic, runs one pipeline per joint, publishes events."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from analysis.knee_pipeline import KneePipeline, KneeSettings
+from analysis.result_sink import JointKey, ResultSink
+from jointmon.config import MqttSettings
+from jointmon.const import MQTT_QOS
+from jointmon.errors import FrameError, TopicError
+from jointmon.frames import decode_frame
+from jointmon.messages import JointEvent, Status
+from jointmon.mqtt_client import ConnectionWaiter, connect, make_client
+from jointmon.ratelimit import RateLimitedLog
+from jointmon.topics import DATA_SUBSCRIPTION, events_topic, parse_data_topic, status_topic
+
+log = logging.getLogger("jointmon.analysis")
+
+
+class MqttEventSink:
+    """Publishes each event (JSON, QoS 1) on its joint's events topic; angles stay out of MQTT."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self.client = client
+
+    def angles(self, key: JointKey, t_ns: object, flexion_deg: object) -> None:
+        pass
+
+    def event(self, event: JointEvent) -> None:
+        self.client.publish(events_topic(event.athlete, event.joint), event.to_json(), qos=MQTT_QOS)
+
+    def close(self) -> None:
+        pass
+
+
+class AnalysisService:
+    """Frames from MQTT are queued by paho's network thread and processed by one worker thread,
+    so slow processing never stalls acknowledgements. Malformed topics or payloads are counted
+    per reason (``dropped_<reason>``) and logged, never raised.
+    """
+
+    def __init__(self, mqtt_settings: MqttSettings, sink: ResultSink, session: str, worker_id: str = "analysis-1",
+                 knee_settings: KneeSettings | None = None,
+                 on_event: Callable[[JointEvent], None] | None = None) -> None:
+        self.settings = mqtt_settings
+        self.session = session
+        self.worker_id = worker_id
+        self.client = make_client(mqtt_settings, f"jointmon-{worker_id}", clean_session=False)
+        self.status_topic = status_topic("analysis", worker_id)
+        self.client.will_set(self.status_topic, Status("analysis", worker_id, "offline", 0).to_json(),
+                             qos=MQTT_QOS, retain=True)
+        self._waiter = ConnectionWaiter(self.client, f"analysis {worker_id}")
+        self._waiter.on_connected = self._on_connected
+        self.client.on_message = self._on_message
+        self.sink = sink
+        self.event_sink = MqttEventSink(self.client)
+        self._on_event = on_event
+        self.knee_settings = knee_settings or KneeSettings()
+        self.pipelines: dict[tuple[str, str], KneePipeline] = {}
+        self.counters: Counter[str] = Counter()
+        self.samples: Counter[str] = Counter()  # per "athlete/joint/sensor/stream"
+        self._frame_seq: dict[str, int] = {}
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._last_message = time.monotonic()
+        self._busy = False
+        self._warn = RateLimitedLog(log)
+        self._worker = threading.Thread(target=self._work, name=f"{worker_id}-worker", daemon=True)
+
+    # --- MQTT side (paho's network thread) ---
+    def _on_connected(self, client: mqtt.Client) -> None:
+        client.subscribe(DATA_SUBSCRIPTION, qos=MQTT_QOS)
+        self._publish_status("online")
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._last_message = time.monotonic()
+        self._queue.put((msg.topic, msg.payload))
+
+    def _publish_status(self, state: str) -> None:
+        status = Status("analysis", self.worker_id, state, time.time_ns(), counters=dict(self.counters))
+        self.client.publish(self.status_topic, status.to_json(), qos=MQTT_QOS, retain=True)
+
+    # --- processing side (worker thread) ---
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._busy = True
+            try:
+                self._handle(*item)
+            except Exception:  # a bug in one frame's processing must not stop the whole service
+                self.counters["dropped_internal_error"] += 1
+                log.exception("frame on %s failed", item[0])
+            finally:
+                self._busy = False
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _drop(self, reason: str, topic: str, detail: object) -> None:
+        self.counters[f"dropped_{reason}"] += 1
+        self._warn.warning(reason, "dropped message on %s: %s", topic, detail)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        try:
+            t = parse_data_topic(topic)
+        except TopicError as exc:
+            return self._drop("bad_topic", topic, exc)
+        try:
+            frame = decode_frame(payload)
+        except FrameError as exc:
+            return self._drop(f"frame_{exc.reason}", topic, exc)
+        if (frame.stream.name == "IMU") != (t.stream == "imu"):
+            return self._drop("stream_mismatch", topic, f"{frame.stream.name} frame on a {t.stream} topic")
+        stream_key = f"{t.athlete}/{t.joint}/{t.sensor}/{t.stream}"
+        last = self._frame_seq.get(stream_key)
+        if last is not None and frame.frame_seq != last + 1:
+            if frame.frame_seq <= last:
+                return self._drop("duplicate_frame", topic, f"frame_seq {frame.frame_seq} after {last}")
+            self.counters["frames_missing"] += frame.frame_seq - last - 1
+            self._warn.warning("missing", "%s: %d frame(s) missing", stream_key, frame.frame_seq - last - 1)
+        self._frame_seq[stream_key] = frame.frame_seq
+        self.counters["frames"] += 1
+        self.samples[stream_key] += frame.count
+        pipeline = self.pipelines.get((t.athlete, t.joint))
+        if pipeline is None:
+            sink = _EventTap(self.sink, self.event_sink, self._on_event)
+            pipeline = KneePipeline(JointKey(t.athlete, t.joint, self.session), sink, self.knee_settings)
+            self.pipelines[(t.athlete, t.joint)] = pipeline
+            log.info("new joint %s/%s", t.athlete, t.joint)
+        pipeline.on_frame(t.sensor, t.stream, frame)
+
+    # --- lifecycle ---
+    def start(self) -> None:
+        self._worker.start()
+        connect(self.client, self.settings, self._waiter)
+        log.info("analysis %s subscribed to %s on %s", self.worker_id, DATA_SUBSCRIPTION, self.settings.url)
+
+    def wait_quiet(self, quiet_s: float = 0.5, timeout_s: float = 60.0) -> bool:
+        """Wait until no message arrived for ``quiet_s`` and every queued frame is processed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._queue.empty() and not self._busy and time.monotonic() - self._last_message > quiet_s:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        """Finish every pipeline (pending detections), publish offline status, disconnect, close sinks."""
+        self._queue.put(None)
+        self._worker.join(timeout=30)
+        for p in self.pipelines.values():
+            p.finish()
+        self._publish_status("offline")
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.sink.close()
+
+
+class _EventTap:
+    """Sink wrapper: results go to the main sink, events also to MQTT and an optional callback."""
+
+    def __init__(self, sink: ResultSink, mqtt_sink: MqttEventSink, on_event: Callable[[JointEvent], None] | None):
+        self.sink, self.mqtt_sink, self.on_event = sink, mqtt_sink, on_event
+
+    def angles(self, key: JointKey, t_ns: object, flexion_deg: object) -> None:
+        self.sink.angles(key, t_ns, flexion_deg)
+
+    def event(self, event: JointEvent) -> None:
+        self.sink.event(event)
+        self.mqtt_sink.event(event)
+        if self.on_event:
+            self.on_event(event)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""sensor_gateway: BLE sensors -> decoded, time-stamped frames -> MQTT."""
