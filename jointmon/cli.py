@@ -1,0 +1,207 @@
+"""The ``jointmon`` command: demo, simulate, gateway, analyze."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from jointmon import __version__
+from jointmon.config import InfluxSettings, MqttSettings
+from jointmon.errors import JointmonError
+
+log = logging.getLogger("jointmon")
+
+
+def _add_influx_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("InfluxDB (token/password from JOINTMON_INFLUX_TOKEN / JOINTMON_INFLUX_PASSWORD)")
+    g.add_argument("--influx", metavar="URL", help="also write results to InfluxDB at URL, e.g. http://127.0.0.1:8086")
+    g.add_argument("--influx-api", choices=("v1", "v2"), default="v2",
+                   help="write API: v2 (/api/v2/write, InfluxDB 2.x) or v1 (/write, InfluxDB 1.x) [%(default)s]")
+    g.add_argument("--influx-db", default="jointmon", help="v1 database or v2 bucket [%(default)s]")
+    g.add_argument("--influx-org", default="jointmon", help="v2 organisation [%(default)s]")
+    g.add_argument("--influx-user", help="v1 user name (password from JOINTMON_INFLUX_PASSWORD)")
+
+
+def _influx_settings(args: argparse.Namespace) -> InfluxSettings | None:
+    if not args.influx:
+        return None
+    return InfluxSettings.from_env(url=args.influx, api=args.influx_api, database=args.influx_db,
+                                   org=args.influx_org, username=args.influx_user)
+
+
+def _add_sim_args(p: argparse.ArgumentParser, duration: float) -> None:
+    p.add_argument("--duration", type=float, default=duration, metavar="S",
+                   help="simulated session length, seconds [%(default)s]")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed: same seed, same session [%(default)s]")
+    p.add_argument("--clicks", type=int, default=5, help="cavitation clicks to inject [%(default)s]")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--fast", action="store_true", help="stream as fast as possible instead of in real time")
+    pace.add_argument("--speed", type=float, default=1.0, help="real-time multiple, e.g. 10 [%(default)s]")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jointmon.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(duration_s=args.duration, seed=args.seed, clicks=args.clicks, realtime=not args.fast,
+                       speed=args.speed, mqtt_url=args.mqtt, influx=_influx_settings(args),
+                       results_dir=Path(args.results), progress=not args.no_progress, broker=args.broker)
+    summary = run_demo(opts)
+    print(summary.text())
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from firmware_sim.session import simulate_squat_session
+    from jointmon.live_session import make_peripherals
+    from sensor_gateway.gateway import Gateway, SensorBinding
+    from sensor_gateway.mqtt_publisher import MqttPublisher
+    from sensor_gateway.sim_link import SimLink
+
+    sim = simulate_squat_session(args.duration, seed=args.seed, n_clicks=args.clicks, athlete=args.athlete,
+                                 joint=args.joint)
+    publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id)
+    publisher.start()
+    peripherals = make_peripherals(sim, realtime=not args.fast, speed=args.speed)
+    gateway = Gateway(publisher, [SensorBinding(SimLink(p), sim.athlete, sim.joint, n) for n, p in peripherals.items()])
+    log.info("streaming %.0f s of simulated squats for %s/%s to %s", args.duration, sim.athlete, sim.joint, args.mqtt)
+    try:
+        asyncio.run(gateway.run())
+        publisher.wait_acked()
+    finally:
+        publisher.stop()
+    counters = dict(gateway.counters + gateway.stream_counters())
+    print(f"published {publisher.counters['samples_published']:,} samples in "
+          f"{publisher.counters['frames_published']:,} frames; gateway counters {counters}")
+    for lb in sim.labels:
+        print(f"label {lb.type} {lb.joint} t={lb.t_start_s:.4f} s magnitude={lb.magnitude:.1f} dB")
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from sensor_gateway.bleak_link import BleakLink, scan_sensors
+
+    if args.scan:
+        found = asyncio.run(scan_sensors(args.scan_timeout))
+        if not found:
+            print("no jointmon sensors seen (is Bluetooth on and a sensor advertising?)")
+        for device, adv in found:
+            print(f"{device.address}  {device.name or '?':20s}  RSSI {adv.rssi} dBm")
+        return 0
+    if not args.config:
+        raise JointmonError("gateway needs --config FILE (see docs/gateway.example.toml) or --scan")
+    from sensor_gateway.config import load_gateway_config
+    from sensor_gateway.gateway import Gateway, SensorBinding
+    from sensor_gateway.mqtt_publisher import MqttPublisher
+
+    cfg = load_gateway_config(args.config)
+    publisher = MqttPublisher(cfg.mqtt, cfg.gateway_id)
+    publisher.start()
+    bindings = [SensorBinding(BleakLink(s.match), s.athlete, s.joint, s.segment) for s in cfg.sensors]
+    try:
+        asyncio.run(Gateway(publisher, bindings).run())
+    finally:
+        publisher.stop()
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.mqtt_service import AnalysisService
+    from analysis.result_sink import FanOut, ResultSink
+    from analysis.results_store import SqliteResults
+
+    sinks: list[ResultSink] = [SqliteResults(args.results)]
+    influx = _influx_settings(args)
+    if influx is not None:
+        from analysis.influx_sink import InfluxSink
+
+        sinks.append(InfluxSink(influx))
+    service = AnalysisService(MqttSettings.from_url(args.mqtt), FanOut(*sinks), args.session, args.worker_id)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    service.start()
+    log.info("analysing session %s; results in %s%s; Ctrl-C to stop", args.session, args.results,
+             f" and {influx.url}" if influx else "")
+    deadline = time.monotonic() + args.duration if args.duration else float("inf")
+    try:
+        while not stop.wait(1.0) and time.monotonic() < deadline:
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+    print(f"analysed {sum(service.samples.values()):,} samples; counters {dict(service.counters)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jointmon", description=(
+        "Real-time joint monitoring: BLE knee/shoulder sensors -> gateway -> MQTT -> analysis -> InfluxDB."))
+    parser.add_argument("--version", action="version", version=f"jointmon {__version__}")
+    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="log verbosity [%(default)s]")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="live demo on simulated knee sensors (embedded broker; nothing to install)",
+                       description="Simulated thigh + shank sensors doing squats -> gateway -> MQTT -> analysis -> "
+                                   "results file, with live progress and a summary of found vs simulated events.")
+    _add_sim_args(p, 20.0)
+    p.add_argument("--mqtt", metavar="URL", help="use this broker instead of an embedded one, e.g. mqtt://host:1883")
+    p.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
+                   help="embedded broker: mosquitto if installed (falls back to amqtt), or amqtt [%(default)s]")
+    p.add_argument("--results", default="results", metavar="DIR", help="where the results file goes [%(default)s]")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    _add_influx_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="stream simulated sensors through the gateway into an MQTT broker",
+                       description="Simulated knee sensors streamed through the gateway (decode, clock map, frames) "
+                                   "to a broker; prints the ground-truth labels.")
+    _add_sim_args(p, 60.0)
+    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker [%(default)s]")
+    p.add_argument("--athlete", default="ath-001", help="athlete pseudonym (never a name) [%(default)s]")
+    p.add_argument("--joint", default="left_knee", help="joint id [%(default)s]")
+    p.add_argument("--gateway-id", default="gw-sim", help="gateway id on the status topic [%(default)s]")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("gateway", help="connect to real BLE sensors (bleak) and publish to MQTT",
+                       description="Scan for or connect to jointmon sensors over Bluetooth LE and publish their "
+                                   "streams to MQTT.")
+    p.add_argument("--config", metavar="FILE", help="gateway TOML (see docs/gateway.example.toml)")
+    p.add_argument("--scan", action="store_true", help="list advertising jointmon sensors and exit")
+    p.add_argument("--scan-timeout", type=float, default=10.0, metavar="S", help="scan time [%(default)s]")
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("analyze", help="subscribe to sensor streams and detect clicks, angles and reps",
+                       description="Analysis service: subscribes to jointmon/v1/data/#, writes results to a SQLite "
+                                   "file (and InfluxDB with --influx), publishes events on jointmon/v1/events/.")
+    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker [%(default)s]")
+    p.add_argument("--session", default=time.strftime("%Y-%m-%d"), help="session id tag [today's date]")
+    p.add_argument("--worker-id", default="analysis-1", help="id on the status topic [%(default)s]")
+    p.add_argument("--results", default="results/analysis.sqlite", metavar="FILE", help="results file [%(default)s]")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0: run until "
+                   "Ctrl-C) [%(default)s]")
+    _add_influx_args(p)
+    p.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except JointmonError as exc:
+        print(f"jointmon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
