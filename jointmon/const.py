@@ -18,6 +18,9 @@ BLE_SCAN_TIMEOUT_S = 10.0
 # A forward sequence jump beyond this is not packet loss (a link never loses 1000 notifications
 # and stays connected) but a sensor reboot: the stream restarts.
 SEQ_REBOOT_JUMP = 1000
+# A duplicated or re-ordered notification is at most this far behind the newest one; a sensor
+# clock that goes back further than this restarted.
+REORDER_WINDOW_US = 1_000_000
 
 # Angle series are stored at 50 Hz: dashboards and reports need no more, and it divides storage
 # by 4 against the 200 Hz IMU rate.

@@ -24,6 +24,10 @@ class ClockMap:
         if self.offset_ns is None:
             self.offset_ns = arrival_ns - sensor_us * 1000
 
+    def reanchor(self) -> None:
+        """Forget the offset (the sensor rebooted): the next packet anchors the clock again."""
+        self.offset_ns = None
+
     def to_wall_ns(self, sensor_ns: int) -> int:
         """Wall clock (Unix ns) of sensor time ``sensor_ns`` (unwrapped sensor clock in ns)."""
         if self.offset_ns is None:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-from jointmon.const import FRAME_DURATION_S, SEQ_REBOOT_JUMP
+from jointmon.const import FRAME_DURATION_S, REORDER_WINDOW_US, SEQ_REBOOT_JUMP
 from jointmon.frames import FLAG_GAP_BEFORE, Frame
 from jointmon.packets import Packet, StreamType
 from jointmon.ratelimit import RateLimitedLog
@@ -54,18 +54,20 @@ class StreamAssembler:
         frames: list[Frame] = []
         if self._last_seq is not None:
             step = (pkt.seq - self._last_seq) & 0xFFFF
-            if step == 0 or step >= 0x8000:  # duplicate or behind the newest packet seen
+            t0_us = self._unwrap(pkt.t0_us)
+            clock_back = t0_us < self._last_t0_us - REORDER_WINDOW_US
+            if (step == 0 or step >= 0x8000) and not clock_back:  # duplicate or behind the newest packet
                 self.counters["stale_seq"] += 1
                 self._warn.warning("stale", "%s: stale sequence %d after %d, dropped", self.label, pkt.seq,
                                    self._last_seq)
                 return frames
-            t0_us = self._unwrap(pkt.t0_us)
-            if step > SEQ_REBOOT_JUMP or t0_us < self._last_t0_us or pkt.rate_hz != self._rate_hz:
+            if step > SEQ_REBOOT_JUMP or clock_back or pkt.rate_hz != self._rate_hz:
                 # The sensor restarted (or was reconfigured): close what we have, start a new stream.
                 self.counters["restarts"] += 1
                 log.warning("%s: stream restart (seq %d -> %d)", self.label, self._last_seq, pkt.seq)
                 frames += self.flush()
                 self._reset()
+                self.clock.reanchor()  # the sensor clock restarted too
                 self._pending_flags = FLAG_GAP_BEFORE
             elif step > 1:
                 self.counters["lost_packets"] += step - 1
