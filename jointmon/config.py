@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from jointmon.errors import ConfigError
 
@@ -37,16 +37,23 @@ class MqttSettings:
             raise ConfigError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
             raise ConfigError(f"MQTT URL {url!r}: no host")
+        if parts.password is not None:
+            raise ConfigError(f"MQTT URL: put the password in ${ENV_MQTT_PASSWORD}, not in the URL")
         try:
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+            port = parts.port
         except ValueError as exc:
             raise ConfigError(f"MQTT URL {url!r}: {exc}") from None
-        return cls(host=parts.hostname, port=port, username=parts.username,
+        if port == 0:
+            raise ConfigError(f"MQTT URL {url!r}: port 0")
+        port = port or (8883 if parts.scheme == "mqtts" else 1883)
+        username = unquote(parts.username) if parts.username else None
+        return cls(host=parts.hostname, port=port, username=username,
                    password=os.environ.get(ENV_MQTT_PASSWORD), tls=parts.scheme == "mqtts")
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -87,8 +94,21 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    """``value`` fits a field whose default is ``default`` (bool is not a number; an int is a float)."""
+    if default is None or default is MISSING:
+        return True
+    if isinstance(value, bool) or isinstance(default, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
 
 
 def section(data: dict[str, Any], cls: type, name: str, path: str | Path) -> Any:
@@ -101,9 +121,7 @@ def section(data: dict[str, Any], cls: type, name: str, path: str | Path) -> Any
         if key not in known:
             raise ConfigError(f"{path}: [{name}] unknown key {key!r} (known: {', '.join(sorted(known))})")
         default = known[key].default
-        if default is not None and not isinstance(value, type(default)) and not (
-            isinstance(default, float) and isinstance(value, int)
-        ):
+        if not _type_ok(value, default):
             raise ConfigError(f"{path}: [{name}] {key} = {value!r} should be {type(default).__name__}")
     try:
         return cls(**table)

@@ -31,6 +31,7 @@ from jointmon.packets import CHANNELS, StreamType
 FRAME_VERSION = 1
 FRAME_HEADER = struct.Struct("<BBBBIQqdI")
 FLAG_GAP_BEFORE = 0x01
+MIN_RATE_HZ, MAX_RATE_HZ = 1e-3, 1e6  # plausible sensor rates; a tiny rate would overflow sample times
 MAX_FRAME_SAMPLES = 1 << 20  # sanity bound against corrupt counts (about 65 s of 16 kHz audio)
 
 
@@ -91,7 +92,7 @@ def decode_frame(payload: bytes | bytearray | memoryview) -> Frame:
         raise FrameError("bad_channels", f"{channels} channels for {stream.name}")
     if not 0 < count <= MAX_FRAME_SAMPLES:
         raise FrameError("bad_count", f"count {count}")
-    if not (np.isfinite(rate_hz) and rate_hz > 0):
+    if not (MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ):  # also rejects NaN
         raise FrameError("bad_rate", f"rate {rate_hz}")
     expected = FRAME_HEADER.size + 8 * channels + 2 * channels * count
     if len(payload) != expected:

@@ -62,7 +62,7 @@ class JointEvent:
             )
         except MessageError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
             raise MessageError(f"malformed event: {exc!r}") from exc
 
 
@@ -86,5 +86,5 @@ class Status:
             raw = json.loads(payload)
             return cls(str(raw["component"]), str(raw["component_id"]), str(raw["state"]), int(raw["t_ns"]),
                        dict(raw.get("counters", {})), dict(raw.get("info", {})))
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
             raise MessageError(f"malformed status: {exc!r}") from exc

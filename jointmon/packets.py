@@ -63,6 +63,8 @@ def channel_scale(stream: StreamType, range_code: int) -> np.ndarray:
         a = ACCEL_RANGES_G[accel_idx] / INT16_FULL
         g = GYRO_RANGES_DPS[gyro_idx] / INT16_FULL
         return np.array([a, a, a, g, g, g])
+    if range_code != 0:
+        raise PacketError("bad_range", f"microphone range code 0x{range_code:02x} (must be 0)")
     return np.array([MIC_FULL_SCALE / INT16_FULL])
 
 
@@ -95,7 +97,13 @@ def encode_packet(
 ) -> bytes:
     """Encode int16 ``samples`` (count x channels) into one notification payload."""
     stream = StreamType(stream)
-    arr = np.ascontiguousarray(samples, dtype="<i2").reshape(-1, CHANNELS[stream])
+    raw = np.asarray(samples)
+    if raw.size and (raw.min() < -32768 or raw.max() > 32767):
+        raise ValueError("samples outside the int16 range: quantise with to_int16 first")
+    if not 1 <= rate_hz <= 0xFFFF:
+        raise ValueError(f"rate_hz {rate_hz} outside 1..65535")
+    channel_scale(stream, range_code)  # rejects a range code the decoder would refuse
+    arr = np.ascontiguousarray(raw, dtype="<i2").reshape(-1, CHANNELS[stream])
     count = arr.shape[0]
     if not 0 < count <= MAX_SAMPLES[stream]:
         raise ValueError(f"{count} samples do not fit one {stream.name} packet (max {MAX_SAMPLES[stream]})")
@@ -139,5 +147,8 @@ def decode_packet(data: bytes | bytearray | memoryview) -> Packet:
 
 def to_int16(values: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
     """Quantise physical values to int16 LSBs at ``scale`` units/LSB, saturating like a real ADC."""
-    q = np.round(np.asarray(values, dtype=float) / scale)
+    values = np.asarray(values, dtype=float)
+    if np.isnan(values).any():  # +-inf saturates like an ADC, NaN has no reading
+        raise ValueError("cannot quantise NaN")
+    q = np.round(values / scale)
     return np.clip(q, -32768, 32767).astype(np.int16)

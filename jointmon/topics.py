@@ -29,12 +29,12 @@ STATUS_SUBSCRIPTION = ROOT + "/status/#"
 
 STREAMS = ("imu", "mic")
 # One topic level: letters, digits, '-', '_' and '.'; no MQTT wildcards or separators.
-_LEVEL = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_LEVEL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def check_level(name: str, value: str) -> str:
     """Validate one topic level value; raise :class:`TopicError` naming the field otherwise."""
-    if not isinstance(value, str) or not _LEVEL.match(value):
+    if not isinstance(value, str) or not _LEVEL.fullmatch(value):
         raise TopicError(f"{name}={value!r} is not a valid topic level (letters, digits, - _ . only)")
     return value
 

@@ -67,6 +67,14 @@ class BleakLink(SensorLink):
         except BleakError as exc:
             raise LinkError(f"{self.name}: start_notify {char_uuid}: {exc}") from exc
 
+    async def write(self, char_uuid: str, data: bytes) -> None:
+        if self._client is None:
+            raise LinkError("write before connect")
+        try:
+            await self._client.write_gatt_char(char_uuid, data, response=True)
+        except BleakError as exc:
+            raise LinkError(f"{self.name}: write {char_uuid}: {exc}") from exc
+
     async def wait_disconnected(self) -> None:
         await self._gone.wait()
 

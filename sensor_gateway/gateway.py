@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from jointmon.errors import LinkError, PacketError
-from jointmon.gatt import STREAM_CHAR_UUID
+from jointmon.gatt import CONTROL_CHAR_UUID, CONTROL_START, STREAM_CHAR_UUID
 from jointmon.packets import StreamType, decode_packet
 from jointmon.ratelimit import RateLimitedLog
 from jointmon.topics import DataTopic
@@ -89,6 +89,7 @@ class Gateway:
             for stream in state.binding.streams:
                 await link.start_notify(STREAM_CHAR_UUID[stream],
                                         lambda data, s=stream: self._on_packet(state, s, data))
+            await link.write(CONTROL_CHAR_UUID, bytes([CONTROL_START]))  # sensors stream only when told
             await link.wait_disconnected()
         except LinkError as exc:
             self.counters["link_errors"] += 1

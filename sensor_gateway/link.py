@@ -23,6 +23,10 @@ class SensorLink(ABC):
         """Subscribe to a stream characteristic; ``callback`` gets each notification's bytes."""
 
     @abstractmethod
+    async def write(self, char_uuid: str, data: bytes) -> None:
+        """Write a characteristic with response (the control characteristic: start/stop)."""
+
+    @abstractmethod
     async def wait_disconnected(self) -> None:
         """Return when the link is gone (dropped by the sensor, or the session ended)."""
 

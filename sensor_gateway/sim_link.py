@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from firmware_sim.peripheral import SimulatedPeripheral
+from jointmon.errors import LinkError
+from jointmon.gatt import CONTROL_CHAR_UUID, CONTROL_START, CONTROL_STOP
 from sensor_gateway.link import NotifyCallback, SensorLink
 
 
@@ -23,10 +25,18 @@ class SimLink(SensorLink):
     async def start_notify(self, char_uuid: str, callback: NotifyCallback) -> None:
         await self.peripheral.start_notify(char_uuid, callback)
 
-    async def wait_disconnected(self) -> None:
-        # Streaming starts once the gateway waits on the link, after every notify is registered.
-        if self._task is None:
+    async def write(self, char_uuid: str, data: bytes) -> None:
+        """The control characteristic: START begins streaming (like the firmware), STOP ends it."""
+        if char_uuid.lower() != CONTROL_CHAR_UUID or len(data) != 1 or data[0] not in (CONTROL_START, CONTROL_STOP):
+            raise LinkError(f"{self.name}: write {data!r} to {char_uuid} rejected (ATT error)")
+        if data[0] == CONTROL_START and self._task is None:
             self._task = asyncio.create_task(self.peripheral.run())
+        elif data[0] == CONTROL_STOP:
+            self.peripheral.stop()
+
+    async def wait_disconnected(self) -> None:
+        if self._task is None:
+            raise LinkError(f"{self.name}: never started (no START written to the control characteristic)")
         await self._task
 
     async def disconnect(self) -> None:
