@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-import socket
+import pwd
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
+
+from jointmon.processes import LOOPBACK, find_program, free_port, wait_for_port
 
 log = logging.getLogger("jointmon.broker")
 
@@ -26,51 +26,42 @@ log = logging.getLogger("jointmon.broker")
 MOSQUITTO_MAX_QUEUED_MESSAGES = 1_000_000
 
 
-def mosquitto_config(port: int, data_dir: Path, host: str = "127.0.0.1") -> str:
+def mosquitto_config(port: int, data_dir: Path, host: str = LOOPBACK, *,
+                     max_queued_messages: int = MOSQUITTO_MAX_QUEUED_MESSAGES,
+                     log_path: Path | None = None) -> str:
     """Mosquitto 2.0 config for a local broker on ``host:port`` with persistence in ``data_dir``."""
-    return "\n".join([
-        f"listener {port} {host}",
-        "allow_anonymous true",
-        "persistence true",
-        f"persistence_location {data_dir}/",
-        f"max_queued_messages {MOSQUITTO_MAX_QUEUED_MESSAGES}",
-        "max_inflight_messages 100",
-        f"log_dest file {data_dir}/mosquitto.log",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "",
-    ])
+    return f"""\
+listener {port} {host}
+allow_anonymous true
+# Run as ourselves: started as root, mosquitto otherwise switches to user "mosquitto", which
+# cannot write the persistence file or the log in our temp dir. (No effect when not root.)
+user {pwd.getpwuid(os.geteuid()).pw_name}
+persistence true
+persistence_location {data_dir}/
+# Save every second, not only at shutdown, so a crash loses at most ~1 s of queued state.
+autosave_interval 1
+max_queued_messages {max_queued_messages}
+# QoS 1 messages unacknowledged per client at a time (default 20); more keeps a fast subscriber
+# busy without changing delivery guarantees.
+max_inflight_messages 100
+log_dest file {log_path or data_dir / "mosquitto.log"}
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+"""
 
 
 def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary; Debian installs it in /usr/sbin, often not on a user's PATH."""
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.02)
-    return False
+    return find_program("mosquitto")
 
 
 class EmbeddedBroker:
     """Context manager: ``with EmbeddedBroker() as b: ... b.host, b.port``. ``prefer`` chooses
     ``"mosquitto"`` (if installed) or ``"amqtt"``."""
 
-    def __init__(self, prefer: str = "mosquitto", host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, prefer: str = "mosquitto", host: str = LOOPBACK, port: int | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.kind = "mosquitto" if prefer == "mosquitto" and find_mosquitto() else "amqtt"
