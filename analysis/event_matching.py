@@ -1,4 +1,9 @@
-"""Match detected events to ground-truth labels within a time tolerance (greedy, nearest first)."""
+"""Match detected events to ground-truth labels within a time tolerance (greedy, nearest first).
+
+A label is an interval [start, end] (a click's end may equal its start); a detection at time t
+is ``max(start - t, 0, t - end)`` away from it, so a crepitus train matches a detection anywhere
+inside it, and a click matches within ``tolerance_s`` of its onset.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ class MatchResult:
     pairs: list[tuple[int, int]]  # (detected index, truth index)
     false_positives: list[int]  # detected indices with no truth within tolerance
     missed: list[int]  # truth indices with no detection within tolerance
-    errors_s: np.ndarray  # detected - truth time of each pair, seconds
+    errors_s: np.ndarray  # detected - truth start of each pair, seconds
 
     @property
     def precision(self) -> float:
@@ -30,11 +35,16 @@ class MatchResult:
         return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def match_events(detected_s: np.ndarray, truth_s: np.ndarray, tolerance_s: float) -> MatchResult:
-    """One-to-one matching: closest (detected, truth) pairs first, each used at most once."""
-    d, t = np.asarray(detected_s, float), np.asarray(truth_s, float)
+def match_events(detected_s: np.ndarray, truth_s: np.ndarray, tolerance_s: float,
+                 truth_end_s: np.ndarray | None = None) -> MatchResult:
+    """One-to-one matching: closest (detected, truth) pairs first, each used at most once.
+
+    ``truth_s`` are label starts (s); ``truth_end_s`` their ends (default: the starts).
+    """
+    d, t = np.asarray(detected_s, float).ravel(), np.asarray(truth_s, float).ravel()
+    t_end = t if truth_end_s is None else np.maximum(np.asarray(truth_end_s, float).ravel(), t)
     if d.size and t.size:
-        dist = np.abs(d[:, None] - t[None, :])
+        dist = np.maximum(np.maximum(t[None, :] - d[:, None], 0.0), d[:, None] - t_end[None, :])
         cand = np.argwhere(dist <= tolerance_s)
         order = np.argsort(dist[cand[:, 0], cand[:, 1]], kind="stable")
     else:
