@@ -17,7 +17,7 @@ class MatchResult:
     pairs: list[tuple[int, int]]  # (detected index, truth index)
     false_positives: list[int]  # detected indices with no truth within tolerance
     missed: list[int]  # truth indices with no detection within tolerance
-    errors_s: np.ndarray  # detected - truth start of each pair, seconds
+    errors_s: np.ndarray  # detected - truth of each pair (s): onset, or interval if longer than the tolerance
 
     @property
     def precision(self) -> float:
@@ -56,6 +56,9 @@ def match_events(detected_s: np.ndarray, truth_s: np.ndarray, tolerance_s: float
             used_t.add(int(j))
             pairs.append((int(i), int(j)))
     pairs.sort()
-    errors = np.array([d[i] - t[j] for i, j in pairs])
+    # Timing error: from the onset for short labels (a click), from the interval for long ones
+    # (a crepitus train: any time inside it is right).
+    long = (t_end - t) > tolerance_s
+    errors = np.array([d[i] - (np.clip(d[i], t[j], t_end[j]) if long[j] else t[j]) for i, j in pairs])
     return MatchResult(pairs, [i for i in range(d.size) if i not in used_d],
                        [j for j in range(t.size) if j not in used_t], errors)

@@ -18,6 +18,9 @@ def test_intervals_match_anywhere_inside():
     # A crepitus train 2.0-2.8 s: a detection at 2.5 s is inside it; one at 2.815 s is 15 ms after it.
     m = match_events([2.5, 2.815, 2.9], [2.0], 0.02, truth_end_s=[2.8])
     assert m.pairs == [(0, 0)] and m.false_positives == [1, 2]
+    assert m.errors_s.tolist() == [0.0]  # inside the train: no timing error
+    m = match_events([2.81], [2.0], 0.02, truth_end_s=[2.8])
+    np.testing.assert_allclose(m.errors_s, [0.01])
 
 
 def test_empty_sides():
