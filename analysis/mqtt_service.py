@@ -6,21 +6,18 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
+from analysis.joint_router import JointRouter
 from analysis.knee_pipeline import KneePipeline, KneeSettings
 from analysis.result_sink import JointKey, ResultSink
 from jointmon.config import MqttSettings
 from jointmon.const import MQTT_QOS
-from jointmon.errors import FrameError, TopicError
-from jointmon.frames import decode_frame
 from jointmon.messages import JointEvent, Status
 from jointmon.mqtt_client import ConnectionWaiter, connect, make_client
-from jointmon.ratelimit import RateLimitedLog
-from jointmon.topics import DATA_SUBSCRIPTION, events_topic, parse_data_topic, status_topic
+from jointmon.topics import DATA_SUBSCRIPTION, events_topic, status_topic
 
 log = logging.getLogger("jointmon.analysis")
 
@@ -44,7 +41,7 @@ class MqttEventSink:
 class AnalysisService:
     """Frames from MQTT are queued by paho's network thread and processed by one worker thread,
     so slow processing never stalls acknowledgements. Malformed topics or payloads are counted
-    per reason (``dropped_<reason>``) and logged, never raised.
+    per reason (``dropped_<reason>``) and logged, never raised (see :class:`JointRouter`).
     """
 
     def __init__(self, mqtt_settings: MqttSettings, sink: ResultSink, session: str, worker_id: str = "analysis-1",
@@ -63,15 +60,15 @@ class AnalysisService:
         self.sink = sink
         self.event_sink = MqttEventSink(self.client)
         self._on_event = on_event
-        self.knee_settings = knee_settings or KneeSettings()
-        self.pipelines: dict[tuple[str, str], KneePipeline] = {}
-        self.counters: Counter[str] = Counter()
-        self.samples: Counter[str] = Counter()  # per "athlete/joint/sensor/stream"
-        self._frame_seq: dict[str, int] = {}
+        # Stream checks, counters and per-joint pipelines are shared with the offline runner.
+        self.router = JointRouter(session, _EventTap(sink, self.event_sink, on_event), knee_settings)
+        self.knee_settings = self.router.knee_settings
+        self.pipelines: dict[tuple[str, str], KneePipeline] = self.router.pipelines
+        self.counters = self.router.counters
+        self.samples = self.router.samples  # per "athlete/joint/sensor/stream"
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._last_message = time.monotonic()
         self._busy = False
-        self._warn = RateLimitedLog(log)
         self._worker = threading.Thread(target=self._work, name=f"{worker_id}-worker", daemon=True)
 
     # --- MQTT side (paho's network thread) ---
@@ -101,38 +98,8 @@ class AnalysisService:
                 self._queue.task_done()
         self._queue.task_done()
 
-    def _drop(self, reason: str, topic: str, detail: object) -> None:
-        self.counters[f"dropped_{reason}"] += 1
-        self._warn.warning(reason, "dropped message on %s: %s", topic, detail)
-
     def _handle(self, topic: str, payload: bytes) -> None:
-        try:
-            t = parse_data_topic(topic)
-        except TopicError as exc:
-            return self._drop("bad_topic", topic, exc)
-        try:
-            frame = decode_frame(payload)
-        except FrameError as exc:
-            return self._drop(f"frame_{exc.reason}", topic, exc)
-        if (frame.stream.name == "IMU") != (t.stream == "imu"):
-            return self._drop("stream_mismatch", topic, f"{frame.stream.name} frame on a {t.stream} topic")
-        stream_key = f"{t.athlete}/{t.joint}/{t.sensor}/{t.stream}"
-        last = self._frame_seq.get(stream_key)
-        if last is not None and frame.frame_seq != last + 1:
-            if frame.frame_seq <= last:
-                return self._drop("duplicate_frame", topic, f"frame_seq {frame.frame_seq} after {last}")
-            self.counters["frames_missing"] += frame.frame_seq - last - 1
-            self._warn.warning("missing", "%s: %d frame(s) missing", stream_key, frame.frame_seq - last - 1)
-        self._frame_seq[stream_key] = frame.frame_seq
-        self.counters["frames"] += 1
-        self.samples[stream_key] += frame.count
-        pipeline = self.pipelines.get((t.athlete, t.joint))
-        if pipeline is None:
-            sink = _EventTap(self.sink, self.event_sink, self._on_event)
-            pipeline = KneePipeline(JointKey(t.athlete, t.joint, self.session), sink, self.knee_settings)
-            self.pipelines[(t.athlete, t.joint)] = pipeline
-            log.info("new joint %s/%s", t.athlete, t.joint)
-        pipeline.on_frame(t.sensor, t.stream, frame)
+        self.router.handle_message(topic, payload)
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -153,8 +120,7 @@ class AnalysisService:
         """Finish every pipeline (pending detections), publish offline status, disconnect, close sinks."""
         self._queue.put(None)
         self._worker.join(timeout=30)
-        for p in self.pipelines.values():
-            p.finish()
+        self.router.finish()
         self._publish_status("offline")
         self.client.disconnect()
         self.client.loop_stop()

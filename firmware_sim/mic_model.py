@@ -1,13 +1,15 @@
-"""Contact-microphone model at 16 kHz: background (noise floor, muscle rumble, mains hum) + cavitation clicks.
+"""Contact-microphone model at 16 kHz: background sources (noise floor, muscle rumble, mains hum, cloth/skin
+rubbing, impact thuds) and the first cavitation-click model.
 
 Values are in full-scale units (FS, int16 full scale = 1.0, |x| < 1). Both sensors sit close to the knee,
 so each click is added to both: same waveform, same onset sample; the thigh copy is a few dB quieter.
 The true arrival-time difference (a few cm of soft tissue at ~1500 m/s, i.e. tens of microseconds, below
 one 62.5 us sample) is neglected.
 
-This first version places a handful of clicks anywhere in descents/ascents. Physiologically a cavitation
-cannot repeat in the same joint within ~20 minutes; a later issue adds that refractory model and the
-other sound sources (tendon snaps tied to a joint angle, crepitus spread over a range of motion).
+:func:`add_clicks` / :func:`place_click_times` are the squat session's first click model (clicks anywhere in
+descents/ascents, no refractory period). The full joint-sound model (cavitation with its ~20 min refractory
+period, tendon snaps tied to a joint angle, crepitus over a range of motion, SNR defined on 1 ms energy) is
+:mod:`firmware_sim.joint_sounds`, which builds on the background sources here.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class MicBackgroundModel:
     noise_floor_fs: float = 0.002  # white electronic/contact noise floor
     rumble_base_fs: float = 0.0008  # muscle tone while standing
     rumble_activity_fs: float = 0.0025  # extra muscle sound per unit activity
-    hum_fs: float = 0.0004  # 50 Hz mains pickup amplitude (peak); 150 Hz harmonic at 30 % of it
+    hum_fs: float = 0.0004  # 50 Hz mains pickup amplitude (peak)
+    # (harmonic number, amplitude relative to the 50 Hz line); the default keeps the first model's 150 Hz line
+    hum_harmonics: tuple[tuple[int, float], ...] = ((3, 0.3),)
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,11 @@ def background(
     rumble = signal.sosfilt(sos, rng.standard_normal(n))
     rumble /= max(float(np.std(rumble)), 1e-12)
     rumble *= model.rumble_base_fs + model.rumble_activity_fs * activity
-    ph = rng.uniform(0.0, 2.0 * np.pi, 2)
-    hum = model.hum_fs * (np.sin(2 * np.pi * MAINS_HZ * t + ph[0]) + 0.3 * np.sin(2 * np.pi * 3 * MAINS_HZ * t + ph[1]))
-    return floor + rumble + hum
+    ph = rng.uniform(0.0, 2.0 * np.pi, 1 + len(model.hum_harmonics))
+    hum = np.sin(2 * np.pi * MAINS_HZ * t + ph[0])
+    for (k, rel), phase in zip(model.hum_harmonics, ph[1:], strict=True):
+        hum = hum + rel * np.sin(2 * np.pi * k * MAINS_HZ * t + phase)
+    return floor + rumble + model.hum_fs * hum
 
 
 def click_waveform(freq_hz: float, tau_s: float, rng: np.random.Generator, rate_hz: int = MIC_RATE_HZ) -> np.ndarray:
@@ -164,3 +170,70 @@ def add_clicks(
             )
         )
     return events
+
+
+# ---------------------------------------------------------------- impacts and rubbing (background, never labelled)
+
+IMPACT_FS_PER_G = 0.02  # thud peak (FS) per g of impact peak acceleration, at impact_gain 1 and 0 dB sensor gain
+RUB_FS = 0.006  # rubbing RMS (FS) at the top of a burst, for rubbing level 1 and full activity
+RUB_BURSTS_PER_MOVING_S = 1.0  # expected rubbing bursts per second of movement, at rubbing level 1
+RUB_MIN_ACTIVITY = 0.15  # below this activity nothing moves against the sensor, so no rubbing
+RUB_DURATION_S = (0.15, 0.8)  # burst length range; long and smooth, unlike any joint sound
+RUB_BAND_HZ = (150.0, 6000.0)  # cloth/skin friction noise is broadband but not impulsive
+
+
+def impact_waveform(rng: np.random.Generator, rate_hz: int = MIC_RATE_HZ) -> np.ndarray:
+    """Unit-peak thud of a footstrike, landing or bar contact as a contact microphone hears it through the body.
+
+    Three parts, all starting at sample 0 (the onset is sharp):
+
+    * a broadband crack: white noise decaying in 0.3-1 ms. It is what makes an impact look like a click
+      to an energy detector above 1 kHz, so impacts are a realistic false-alarm source that only the
+      IMU (the simultaneous acceleration spike) can reject;
+    * the limb's mid-frequency response: a 120-400 Hz resonance decaying in 3-10 ms;
+    * the thud: a 25-80 Hz soft-tissue/limb resonance decaying in 15-40 ms (lasts until 60 dB down).
+    """
+    f_thud, f_mid = rng.uniform(25.0, 80.0), rng.uniform(120.0, 400.0)
+    tau_thud, tau_mid, tau_crack = rng.uniform(0.015, 0.040), rng.uniform(0.003, 0.010), rng.uniform(3e-4, 1e-3)
+    a_mid, a_crack = rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.7)
+    n = int(np.ceil(tau_thud * np.log(1000.0) * rate_hz)) + 1
+    t = np.arange(n) / rate_hz
+    # Cosine phase: the thud starts at its maximum, i.e. a step-like (sharp) onset.
+    w = np.exp(-t / tau_thud) * np.cos(2 * np.pi * f_thud * t)
+    w += a_mid * np.exp(-t / tau_mid) * np.cos(2 * np.pi * f_mid * t + rng.uniform(-0.5, 0.5))
+    n_crack = int(np.ceil(tau_crack * np.log(1000.0) * rate_hz)) + 1
+    w[:n_crack] += a_crack * np.exp(-t[:n_crack] / tau_crack) * np.clip(rng.standard_normal(n_crack) / 2.5, -1, 1)
+    return w / np.max(np.abs(w))
+
+
+def rubbing_noise(
+    activity: np.ndarray, level: float, rng: np.random.Generator, rate_hz: int = MIC_RATE_HZ
+) -> np.ndarray:
+    """Cloth/skin rubbing on one sensor (FS), one sample per ``activity`` value (0..1, at the mic rate).
+
+    Bursts of broadband (150-6000 Hz) friction noise, each 0.15-0.8 s long under a Hann envelope: the
+    level rises over tens of ms (smooth onset), never a transient. Bursts start only while
+    ``activity >= RUB_MIN_ACTIVITY``, about ``level * RUB_BURSTS_PER_MOVING_S`` per second of movement;
+    the burst RMS at its top is ``RUB_FS * level * lognormal(0, 0.4) * (0.5 + 0.5 * activity)``.
+    ``level`` is 0..1 (0 gives zeros). Each sensor rubs on its own clothing: call once per sensor.
+    """
+    n = activity.shape[0]
+    out = np.zeros(n)
+    moving = np.flatnonzero(activity >= RUB_MIN_ACTIVITY)
+    if level <= 0.0 or moving.size == 0:
+        return out
+    n_bursts = int(rng.poisson(level * RUB_BURSTS_PER_MOVING_S * moving.size / rate_hz))
+    if n_bursts == 0:
+        return out
+    centres = moving[rng.integers(0, moving.size, n_bursts)]
+    lengths = np.round(rng.uniform(*RUB_DURATION_S, n_bursts) * rate_hz).astype(int)
+    peaks = RUB_FS * level * rng.lognormal(0.0, 0.4, n_bursts) * (0.5 + 0.5 * np.clip(activity[centres], 0.0, 1.0))
+    envelope = np.zeros(n)
+    for c, length, peak in zip(centres, lengths, peaks, strict=True):  # a few dozen bursts per minute
+        i0 = max(int(c) - length // 2, 0)
+        i1 = min(i0 + length, n)
+        envelope[i0:i1] += peak * np.hanning(length)[: i1 - i0]
+    sos = signal.butter(2, RUB_BAND_HZ, btype="bandpass", fs=rate_hz, output="sos")
+    carrier = signal.sosfilt(sos, rng.standard_normal(n))
+    carrier /= max(float(np.std(carrier)), 1e-12)  # unit RMS, so ``envelope`` is the local RMS
+    return envelope * carrier

@@ -111,6 +111,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.path:  # offline: a session folder or a recording, events as JSON lines
+        from analysis.offline import run_offline
+
+        return run_offline(args.path, args.out)
     from analysis.mqtt_service import AnalysisService
     from analysis.result_sink import FanOut, ResultSink
     from analysis.results_store import SqliteResults
@@ -179,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="subscribe to sensor streams and detect clicks, angles and reps",
                        description="Analysis service: subscribes to jointmon/v1/data/#, writes results to a SQLite "
-                                   "file (and InfluxDB with --influx), publishes events on jointmon/v1/events/.")
+                                   "file (and InfluxDB with --influx), publishes events on jointmon/v1/events/. "
+                                   "With PATH: analyse a session folder (docs/session-folder.md) or a .jmrec "
+                                   "recording offline and write the events as JSON lines.")
+    p.add_argument("path", nargs="?", metavar="PATH", help="offline: session folder or .jmrec recording")
+    p.add_argument("--out", metavar="FILE.jsonl", help="offline: write the JSON lines here [stdout]")
     p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker [%(default)s]")
     p.add_argument("--session", default=time.strftime("%Y-%m-%d"), help="session id tag [today's date]")
     p.add_argument("--worker-id", default="analysis-1", help="id on the status topic [%(default)s]")

@@ -39,3 +39,13 @@ class ConfigError(JointmonError):
 
 class LinkError(JointmonError):
     """A sensor link (BLE or simulated) failed to connect or dropped."""
+
+
+class SessionFolderError(JointmonError):
+    """A session folder (``docs/session-folder.md``) that cannot be imported; the message starts
+    with the offending file's path and names the row, column or key where there is one."""
+
+
+class RecordingError(JointmonError):
+    """A session recording (``docs/recording-format.md``) that cannot be read or written; the
+    message starts with the file's path."""
