@@ -1,7 +1,16 @@
-"""Sagittal-plane knee kinematics of bodyweight squats (shank + thigh), analytic up to the 2nd derivative.
+"""Knee kinematics: the 3D thigh + shank chain (:func:`knee_chain`) and the first version's planar squat model.
 
-Frames and conventions
-----------------------
+3D chain
+--------
+Frames and the joint-angle convention are defined in :mod:`firmware_sim.body_model` (world X anterior, Y left,
+Z up; ``R_shank = R_thigh @ R_y(flexion) @ R_x(s * abduction) @ R_z(-s * rotation)``, s = +1 left, -1 right).
+:func:`knee_chain` composes the two segments either from the ankle (closed chain, foot planted: squats,
+lunges, step-downs, landings; the shank's world orientation is given) or from the hip (open chain: running,
+leg swings; the thigh's world orientation is given). Sensors sit on the skin in front of each bone's long
+axis (``*_skin_offset_m``), near the knee joint line.
+
+Planar squat model (first version, kept for compatibility: :func:`plan_squats`, :func:`sensor_motion`)
+---------------------------------------------------------------------------------------------------
 World frame: X anterior (forward), Y left, Z up; the ankle is fixed at the origin.
 
 * Shank lean ``alpha`` (degrees): rotation of the shank about world +Y, so the knee moves forward
@@ -25,23 +34,82 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-G_MPS2 = 9.81  # standard gravity used for the g <-> m/s^2 conversion
+from firmware_sim.body_model import (
+    G_MPS2,
+    AthleteProfile,
+    Kinematics,
+    PointTraj,
+    RotTraj,
+    Traj,
+    body_offset,
+    knee_joint_rotation_traj,
+    segment_motion,
+)
+
+__all__ = [
+    "G_MPS2",
+    "SEGMENTS",
+    "AthleteProfile",
+    "SensorMotion",
+    "SquatPlan",
+    "SquatRep",
+    "knee_chain",
+    "plan_squats",
+    "sensor_motion",
+]
+
 SEGMENTS = ("thigh", "shank")
 
 
-@dataclass(frozen=True)
-class AthleteProfile:
-    """Segment lengths and sensor placement, metres.
+def knee_chain(
+    t_s: np.ndarray,
+    *,
+    side: str,
+    profile: AthleteProfile,
+    root: PointTraj,
+    root_segment: str,
+    root_rotation: RotTraj,
+    flexion_deg: Traj,
+    abduction_deg: Traj,
+    rotation_deg: Traj,
+    shocks_m: dict[str, Traj] | None = None,
+) -> Kinematics:
+    """Thigh and shank motion from a root point, the root segment's orientation and the knee angles (degrees).
 
-    The shank sensor sits ``shank_sensor_from_ankle_m`` up the shank from the ankle, the thigh sensor
-    ``thigh_sensor_from_knee_m`` up the thigh from the knee: both close to the knee joint line so both
-    contact microphones hear the knee.
+    ``root_segment="shank"``: ``root`` is the ankle joint centre and ``root_rotation`` the shank's world
+    orientation (closed chain); ``"thigh"``: ``root`` is the hip joint centre and ``root_rotation`` the thigh's
+    (open chain). ``shocks_m`` adds a soft-tissue displacement (m) along a segment's long axis to that segment's
+    sensor (footstrike shocks), keyed by segment name.
     """
+    shocks_m = shocks_m or {}
+    joint = knee_joint_rotation_traj(flexion_deg, abduction_deg, rotation_deg, side)
+    L_s, L_t = profile.shank_length_m, profile.thigh_length_m
+    off_s = np.array([profile.shank_skin_offset_m, 0.0, profile.shank_sensor_from_ankle_m])
+    off_t = np.array([profile.thigh_skin_offset_m, 0.0, profile.thigh_sensor_from_knee_m])
+    if root_segment == "shank":
+        r_shank = root_rotation
+        r_thigh = r_shank @ joint.inv()
+        knee = root.attach(r_shank, np.array([0.0, 0.0, L_s]))
+        shank_sensor = root.attach(r_shank, body_offset(off_s, shocks_m.get("shank")))
+    elif root_segment == "thigh":
+        r_thigh = root_rotation
+        r_shank = r_thigh @ joint
+        knee = root.attach(r_thigh, np.array([0.0, 0.0, -L_t]))
+        shank_sensor = knee.attach(r_shank, body_offset(off_s - np.array([0.0, 0.0, L_s]), shocks_m.get("shank")))
+    else:
+        raise ValueError(f"root_segment must be 'shank' or 'thigh', got {root_segment!r}")
+    thigh_sensor = knee.attach(r_thigh, body_offset(off_t, shocks_m.get("thigh")))
+    t = np.asarray(t_s, dtype=float)
+    return Kinematics(
+        t_s=t,
+        segments={"thigh": segment_motion(t, r_thigh, thigh_sensor), "shank": segment_motion(t, r_shank, shank_sensor)},
+        angles={"flexion_deg": flexion_deg, "abduction_deg": abduction_deg, "rotation_deg": rotation_deg},
+        main_angle="flexion_deg",
+        extras={"knee_position_m": knee.p},
+    )
 
-    shank_length_m: float = 0.43
-    thigh_length_m: float = 0.45
-    shank_sensor_from_ankle_m: float = 0.33  # ~10 cm below the knee joint line
-    thigh_sensor_from_knee_m: float = 0.12
+
+# ---------------------------------------------------------------- the first version's planar squat model
 
 
 @dataclass(frozen=True)

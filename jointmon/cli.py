@@ -143,6 +143,87 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from sensor_gateway.recorder import record_simulated_session
+
+    if args.scenario:
+        if args.duration is not None or args.seed is not None:
+            raise JointmonError("--scenario FILE holds the session's duration and seed: drop --duration/--seed")
+        try:  # the scenario loader is an optional, separately developed part of firmware_sim
+            from firmware_sim.scenario import load_scenario
+            from firmware_sim.session import simulate_session
+        except ImportError as exc:
+            raise JointmonError(f"--scenario needs firmware_sim.scenario.load_scenario and firmware_sim.session."
+                                f"simulate_session, missing in this installation ({exc})") from None
+        sim = simulate_session(load_scenario(args.scenario))
+    else:
+        from firmware_sim.session import simulate_squat_session
+
+        sim = simulate_squat_session(20.0 if args.duration is None else args.duration,
+                                     seed=0 if args.seed is None else args.seed, n_clicks=args.clicks)
+    publisher = None
+    if args.mqtt:
+        from sensor_gateway.mqtt_publisher import MqttPublisher
+
+        publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id)
+        publisher.start()
+    meta = {"scenario": str(args.scenario)} if args.scenario else None
+    from tqdm import tqdm
+
+    with tqdm(total=float(sim.duration_s), unit="s", disable=args.no_progress or args.fast, leave=False,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
+        try:
+            summary = record_simulated_session(sim, args.out, publisher=publisher, realtime=not args.fast,
+                                               speed=args.speed, gateway_id=args.gateway_id, meta=meta,
+                                               on_progress=lambda t: bar.update(t - bar.n))
+            if publisher is not None:
+                publisher.wait_acked()
+        finally:
+            if publisher is not None:
+                publisher.stop()
+    print(f"recorded {summary.packets:,} notifications ({sim.duration_s:g} s, {len(sim.labels)} labels) to "
+          f"{summary.path}; {summary.samples_published:,} samples in {summary.frames_published:,} frames"
+          f"{' published to ' + args.mqtt if args.mqtt else ''}; gateway counters {summary.gateway_counters}")
+    return 0
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a real-time multiple (1, 10, ...) or 'max'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return value
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from firmware_sim.replay import replay_recording
+    from jointmon.recording import read_recording
+    from sensor_gateway.mqtt_publisher import MqttPublisher
+
+    recording = read_recording(args.file)
+    publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id)
+    publisher.start()
+    with tqdm(total=round(recording.duration_s, 1), unit="s", disable=args.no_progress, leave=False,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
+        try:
+            result = replay_recording(recording, publisher, speed=args.speed,
+                                      on_progress=lambda t: bar.update(round(t, 1) - bar.n))
+            publisher.wait_acked()
+        finally:
+            publisher.stop()
+    print(f"replayed {result.records_delivered:,} notifications of {args.file} ({recording.duration_s:.1f} s) in "
+          f"{result.wall_s:.1f} s, times shifted by {result.offset_ns / 1e9:+.0f} s; "
+          f"{publisher.counters['samples_published']:,} samples in {publisher.counters['frames_published']:,} "
+          f"frames to {args.mqtt}; gateway counters {result.gateway_counters}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jointmon", description=(
         "Real-time joint monitoring: BLE knee/shoulder sensors -> gateway -> MQTT -> analysis -> InfluxDB."))
@@ -196,6 +277,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "Ctrl-C) [%(default)s]")
     _add_influx_args(p)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("record", help="simulate a session, stream it through the gateway and record it losslessly",
+                       description="Simulated sensors -> gateway (and an MQTT broker with --mqtt); every BLE "
+                                   "notification is recorded with its arrival time, plus the sensors, labels and "
+                                   "ground truth, in one file (docs/recording-format.md).")
+    p.add_argument("out", metavar="OUT.jmrec", help="recording file to write")
+    p.add_argument("--scenario", metavar="FILE", help="scenario TOML (holds duration, seed, link faults)")
+    p.add_argument("--duration", type=float, metavar="S", help="simulated session length, seconds [20]")
+    p.add_argument("--seed", type=int, help="simulation seed: same seed, same session [0]")
+    p.add_argument("--clicks", type=int, default=5, help="cavitation clicks to inject [%(default)s]")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--fast", action="store_true", help="stream as fast as possible instead of in real time")
+    pace.add_argument("--speed", type=float, default=1.0, help="real-time multiple, e.g. 10 [%(default)s]")
+    p.add_argument("--mqtt", metavar="URL", help="also publish the frames to this broker, e.g. mqtt://host:1883")
+    p.add_argument("--gateway-id", default="gw-sim", help="gateway id on the status topic [%(default)s]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("replay", help="feed a recording through the gateway into an MQTT broker",
+                       description="Replays a .jmrec recording through the gateway, bit for bit: the same frames "
+                                   "as the live run, with times shifted to now by whole seconds.")
+    p.add_argument("file", metavar="FILE.jmrec", help="recording to replay")
+    p.add_argument("--speed", type=_speed, default=1.0, metavar="1|10|max",
+                   help="real-time multiple, or max for as fast as possible [1]")
+    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker [%(default)s]")
+    p.add_argument("--gateway-id", default="gw-replay", help="gateway id on the status topic [%(default)s]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -3,73 +3,91 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from jointmon.errors import LinkError, PacketError
-from jointmon.gatt import CONTROL_CHAR_UUID, CONTROL_START, STREAM_CHAR_UUID
+from jointmon.frames import Frame
+from jointmon.gatt import CONTROL_CHAR_UUID, CONTROL_START, STATUS_CHAR_UUID, STREAM_CHAR_UUID
 from jointmon.packets import StreamType, decode_packet
 from jointmon.ratelimit import RateLimitedLog
 from jointmon.topics import DataTopic
 from sensor_gateway.clock_map import ClockMap
 from sensor_gateway.link import SensorLink
-from sensor_gateway.mqtt_publisher import MqttPublisher
 from sensor_gateway.stream_assembler import StreamAssembler
 
 log = logging.getLogger("jointmon.gateway")
 STREAM_TOPIC_NAME = {StreamType.IMU: "imu", StreamType.MIC_PCM16: "mic"}
+LOW_BATTERY_PCT = 15  # a sensor reporting less than this is warned about (status characteristic)
 
 
 @dataclass
 class SensorBinding:
-    """Which athlete, joint and body segment a sensor link belongs to (athlete is a pseudonym)."""
+    """Which athlete, joint and body segment a sensor link belongs to (athlete is a pseudonym).
+
+    ``status``: also subscribe to the sensor's status characteristic (JSON: battery, firmware).
+    """
 
     link: SensorLink
     athlete: str
     joint: str
     sensor: str
     streams: tuple[StreamType, ...] = (StreamType.IMU, StreamType.MIC_PCM16)
+    status: bool = False
 
 
-@dataclass
-class _SensorState:
-    binding: SensorBinding
-    clock: ClockMap = field(default_factory=ClockMap)
-    assemblers: dict[StreamType, StreamAssembler] = field(default_factory=dict)
-    topics: dict[StreamType, DataTopic] = field(default_factory=dict)
+class FramePublisher(Protocol):
+    """Where the gateway's frames go: :class:`sensor_gateway.mqtt_publisher.MqttPublisher`, or a stand-in."""
+
+    extra_counters: Counter[str]
+
+    def publish_frame(self, topic: DataTopic, frame: Frame) -> None: ...
+
+    def publish_status(self, state: str) -> None: ...
 
 
-class Gateway:
-    """Connects every bound sensor, decodes its notifications and publishes ~50 ms frames.
+class GatewayTap(Protocol):
+    """Sees every notification before decoding (bad ones too) with the arrival time the gateway used,
+    and the link's start and end: :class:`sensor_gateway.recorder.GatewayRecorder`."""
 
-    ``counters`` holds packets received and rejected per reason (``rejected_bad_crc``, ...),
-    plus each stream's counters summed over sensors (lost_packets, gap_samples, ...).
+    def attach(self, bindings: Sequence[SensorBinding]) -> None: ...
+
+    def on_notification(self, sensor_index: int, stream: str, arrival_ns: int, data: bytes,
+                        link_time: bool) -> None: ...
+
+    def on_link_event(self, sensor_index: int, event: str, t_ns: int) -> None: ...
+
+
+class SensorDecoder:
+    """One sensor's receive path, shared by the live gateway and offline replay: decode each
+    notification, check sequence and timing, map the sensor clock, assemble ~50 ms frames.
+
+    ``counters`` (may be shared between sensors) gets ``packets_received`` and ``rejected_<reason>``;
+    :meth:`stream_counters` sums the per-stream counters (lost_packets, gap_samples, restarts, ...).
     """
 
-    def __init__(self, publisher: MqttPublisher, bindings: list[SensorBinding]) -> None:
-        self.publisher = publisher
-        self.counters: Counter[str] = Counter()
-        self._warn = RateLimitedLog(log)
-        self._sensors = []
-        for b in bindings:
-            state = _SensorState(b)
-            for stream in b.streams:
-                label = f"{b.athlete}/{b.joint}/{b.sensor}/{STREAM_TOPIC_NAME[stream]}"
-                state.assemblers[stream] = StreamAssembler(stream, state.clock, label)
-                state.topics[stream] = DataTopic(b.athlete, b.joint, b.sensor, STREAM_TOPIC_NAME[stream])
-            self._sensors.append(state)
+    def __init__(self, athlete: str, joint: str, sensor: str,
+                 streams: Sequence[StreamType] = (StreamType.IMU, StreamType.MIC_PCM16), *, name: str = "",
+                 counters: Counter[str] | None = None, warn: RateLimitedLog | None = None) -> None:
+        self.name = name or f"{athlete}/{joint}/{sensor}"
+        self.clock = ClockMap()  # one per sensor: its IMU and microphone share the sensor clock
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self._warn = warn or RateLimitedLog(log)
+        self.assemblers: dict[StreamType, StreamAssembler] = {}
+        self.topics: dict[StreamType, DataTopic] = {}
+        for stream in streams:
+            label = f"{athlete}/{joint}/{sensor}/{STREAM_TOPIC_NAME[stream]}"
+            self.assemblers[stream] = StreamAssembler(stream, self.clock, label)
+            self.topics[stream] = DataTopic(athlete, joint, sensor, STREAM_TOPIC_NAME[stream])
 
-    def stream_counters(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for s in self._sensors:
-            for a in s.assemblers.values():
-                total.update(a.counters)
-        return total
-
-    def _on_packet(self, state: _SensorState, expected: StreamType, data: bytes) -> None:
-        arrival_ns = time.time_ns()
+    def push(self, expected: StreamType, data: bytes, arrival_ns: int) -> list[tuple[DataTopic, Frame]]:
+        """One notification from the ``expected`` stream's characteristic, received at ``arrival_ns``
+        (Unix ns); returns the frames it completed. Bad packets are counted and logged, never raised."""
         self.counters["packets_received"] += 1
         try:
             pkt = decode_packet(data)
@@ -77,27 +95,125 @@ class Gateway:
                 raise PacketError("wrong_stream", f"{pkt.stream.name} packet on the {expected.name} characteristic")
         except PacketError as exc:
             self.counters[f"rejected_{exc.reason}"] += 1
-            self._warn.warning(exc.reason, "%s: packet rejected (%s)", state.binding.link.name, exc)
+            self._warn.warning(exc.reason, "%s: packet rejected (%s)", self.name, exc)
+            return []
+        topic = self.topics[expected]
+        return [(topic, frame) for frame in self.assemblers[expected].push(pkt, arrival_ns)]
+
+    def flush(self) -> list[tuple[DataTopic, Frame]]:
+        """Frames still pending in every stream (the link ended)."""
+        return [(self.topics[s], f) for s, a in self.assemblers.items() for f in a.flush()]
+
+    def stream_counters(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for a in self.assemblers.values():
+            total.update(a.counters)
+        return total
+
+
+@dataclass
+class _SensorState:
+    index: int
+    binding: SensorBinding
+    decoder: SensorDecoder
+    last_arrival_ns: int = 0
+    status: dict[str, object] = field(default_factory=dict)  # last status JSON from the sensor
+
+
+class Gateway:
+    """Connects every bound sensor, decodes its notifications and publishes ~50 ms frames.
+
+    ``counters`` holds packets received and rejected per reason (``rejected_bad_crc``, ...),
+    plus each stream's counters summed over sensors (lost_packets, gap_samples, ...).
+    ``recorder`` (optional) sees every notification with its arrival time, for a lossless recording.
+    """
+
+    def __init__(self, publisher: FramePublisher, bindings: list[SensorBinding],
+                 recorder: GatewayTap | None = None) -> None:
+        self.publisher = publisher
+        self.recorder = recorder
+        self.counters: Counter[str] = Counter()
+        self._warn = RateLimitedLog(log)
+        self._sensors = [
+            _SensorState(i, b, SensorDecoder(b.athlete, b.joint, b.sensor, b.streams, name=b.link.name,
+                                             counters=self.counters, warn=self._warn))
+            for i, b in enumerate(bindings)
+        ]
+        if recorder is not None:
+            recorder.attach(bindings)
+
+    def stream_counters(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for s in self._sensors:
+            total.update(s.decoder.stream_counters())
+        return total
+
+    def sensor_status(self) -> dict[str, dict[str, object]]:
+        """The last status each sensor notified (battery_pct, fw_version, ...), by link name."""
+        return {s.binding.link.name: dict(s.status) for s in self._sensors if s.status}
+
+    def _stamp(self, state: _SensorState, stream: str, data: bytes, arrival_ns: int | None) -> int:
+        """The arrival time to use (the link's, or now), passed to the recorder before any decoding."""
+        link_time = arrival_ns is not None
+        if arrival_ns is None:
+            arrival_ns = time.time_ns()
+        state.last_arrival_ns = max(state.last_arrival_ns, arrival_ns)
+        if self.recorder is not None:
+            self.recorder.on_notification(state.index, stream, arrival_ns, data, link_time)
+        return arrival_ns
+
+    def _on_packet(self, state: _SensorState, expected: StreamType, data: bytes, arrival_ns: int | None = None) -> None:
+        arrival_ns = self._stamp(state, STREAM_TOPIC_NAME[expected], data, arrival_ns)
+        for topic, frame in state.decoder.push(expected, data, arrival_ns):
+            self.publisher.publish_frame(topic, frame)
+
+    def _on_status(self, state: _SensorState, data: bytes, arrival_ns: int | None = None) -> None:
+        self._stamp(state, "status", data, arrival_ns)
+        self.counters["status_received"] += 1
+        try:
+            status = json.loads(data)
+            if not isinstance(status, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.counters["rejected_status"] += 1
+            self._warn.warning("status", "%s: bad status notification (%s)", state.binding.link.name, exc)
             return
-        for frame in state.assemblers[expected].push(pkt, arrival_ns):
-            self.publisher.publish_frame(state.topics[expected], frame)
+        state.status.update(status)
+        battery = status.get("battery_pct")
+        if isinstance(battery, int | float) and battery < LOW_BATTERY_PCT:
+            self._warn.warning(f"battery-{state.index}", "%s: low battery (%s %%)", state.binding.link.name, battery)
+
+    def _notify_callback(self, state: _SensorState, stream: StreamType | None) -> Callable[..., None]:
+        # A named second parameter "arrival_ns" tells links (the simulator, replay) to pass their time.
+        if stream is None:
+            def on_status(data: bytes, arrival_ns: int | None = None, /) -> None:
+                self._on_status(state, data, arrival_ns)
+            return on_status
+
+        def on_packet(data: bytes, arrival_ns: int | None = None, /) -> None:
+            self._on_packet(state, stream, data, arrival_ns)
+        return on_packet
 
     async def _run_sensor(self, state: _SensorState) -> None:
         link = state.binding.link
         try:
             await link.connect()
             for stream in state.binding.streams:
-                await link.start_notify(STREAM_CHAR_UUID[stream],
-                                        lambda data, s=stream: self._on_packet(state, s, data))
+                await link.start_notify(STREAM_CHAR_UUID[stream], self._notify_callback(state, stream))
+            if state.binding.status:
+                await link.start_notify(STATUS_CHAR_UUID, self._notify_callback(state, None))
             await link.write(CONTROL_CHAR_UUID, bytes([CONTROL_START]))  # sensors stream only when told
+            if self.recorder is not None:
+                self.recorder.on_link_event(state.index, "start", time.time_ns())
             await link.wait_disconnected()
         except LinkError as exc:
             self.counters["link_errors"] += 1
             log.error("%s: %s", link.name, exc)
         finally:
-            for stream, assembler in state.assemblers.items():
-                for frame in assembler.flush():
-                    self.publisher.publish_frame(state.topics[stream], frame)
+            if self.recorder is not None:  # marks where the flush below happened, for an exact replay
+                self.recorder.on_link_event(state.index, "end", max(time.time_ns(), state.last_arrival_ns))
+            for topic, frame in state.decoder.flush():
+                self.publisher.publish_frame(topic, frame)
             await link.disconnect()
 
     async def run(self) -> None:

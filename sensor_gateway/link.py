@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from typing import Protocol
 
-NotifyCallback = Callable[[bytes], None]
+
+class NotifyCallback(Protocol):
+    """What a link calls per notification: ``callback(data)`` or ``callback(data, arrival_ns)``.
+
+    ``arrival_ns`` (Unix ns) is for links that know better than the receiver's clock when the
+    notification arrived (a simulated link in fast mode, a replayed recording); None or omitted
+    means "now", and the gateway stamps it with ``time.time_ns()``.
+    """
+
+    def __call__(self, data: bytes, arrival_ns: int | None = None, /) -> None: ...
 
 
 class SensorLink(ABC):
@@ -20,7 +29,7 @@ class SensorLink(ABC):
 
     @abstractmethod
     async def start_notify(self, char_uuid: str, callback: NotifyCallback) -> None:
-        """Subscribe to a stream characteristic; ``callback`` gets each notification's bytes."""
+        """Subscribe to a characteristic; ``callback`` gets each notification's bytes (and maybe its arrival time)."""
 
     @abstractmethod
     async def write(self, char_uuid: str, data: bytes) -> None:

@@ -23,7 +23,12 @@ class SimLink(SensorLink):
         self._task = None
 
     async def start_notify(self, char_uuid: str, callback: NotifyCallback) -> None:
+        """Subscribe; the peripheral passes its arrival time to callbacks that take one (fast mode)."""
         await self.peripheral.start_notify(char_uuid, callback)
+
+    def describe(self) -> dict[str, object]:
+        """Sensor facts for a recording's metadata (rates, ranges, clock offset, simulated faults)."""
+        return {"simulated": True, **self.peripheral.describe()}
 
     async def write(self, char_uuid: str, data: bytes) -> None:
         """The control characteristic: START begins streaming (like the firmware), STOP ends it."""
