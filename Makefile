@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?= --duration 20
 
-.PHONY: demo test lint servers bench clean
+.PHONY: demo test lint servers bench standard-set eval clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ lint: $(BIN)/.installed
 
 test: $(BIN)/.installed servers lint
 	$(BIN)/pytest
+
+standard-set: $(BIN)/.installed
+	$(BIN)/python bench/standard_set.py --out bench/data/standard
+
+eval: $(BIN)/.installed
+	@test -d bench/data/standard || $(MAKE) standard-set
+	$(BIN)/jointmon eval bench/data/standard
+
+bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python bench/orientation_peers.py
 
 clean:
 	rm -rf $(VENV) results test-artifacts .pytest_cache

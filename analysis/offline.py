@@ -6,11 +6,10 @@ service uses, so offline and live results agree. Events come out as JSON lines.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,8 +27,6 @@ from jointmon.messages import JointEvent
 from jointmon.topics import DataTopic
 
 RECORDING_SUFFIX = ".jmrec"
-# Where the recording reader's frame helper may live (written in parallel; imported lazily).
-_RECORDING_FRAME_MODULES = ("jointmon.recording", "sensor_gateway.recorder", "firmware_sim.replay")
 
 FrameItem = tuple[DataTopic | str, Frame | bytes]
 
@@ -132,32 +129,14 @@ def analyze_frames(frames: Iterable[FrameItem], session: str, settings: KneeSett
                          origin, duration)
 
 
-def _recording_frames(path: Path) -> tuple[Iterable[FrameItem], str]:
-    """Frames and session id of a ``.jmrec`` recording, via the recording reader (imported lazily:
-    it is developed separately and may be missing from this installation)."""
-    try:
-        recording_mod = importlib.import_module("jointmon.recording")
-    except ModuleNotFoundError as exc:
-        if exc.name != "jointmon.recording":
-            raise
-        raise JointmonError(f"{path}: cannot read .jmrec recordings: jointmon.recording is not available in this "
-                            f"installation yet; export the session as a session folder instead") from None
-    helper: Callable[[Any], Iterable[FrameItem]] | None = None
-    for name in _RECORDING_FRAME_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        helper = getattr(mod, "frames_from_recording", None)
-        if helper is not None:
-            break
-    if helper is None:
-        raise JointmonError(f"{path}: cannot analyse .jmrec recordings: no frames_from_recording() in "
-                            f"{', '.join(_RECORDING_FRAME_MODULES)}")
-    recording = recording_mod.read_recording(path)
-    return helper(recording), str(getattr(recording, "session", None) or path.stem)
+def _recording_frames(path: Path) -> tuple[Iterable[FrameItem], str, int | None]:
+    """Frames, session id and wall time of session t = 0 (if noted) of a ``.jmrec`` recording: the
+    notifications go through the gateway's decoder and clock map again, as they did live."""
+    from jointmon.recording import read_recording, t0_wall_ns  # lazy: zip/npz readers only when needed
+    from sensor_gateway.recorder import frames_from_recording
+
+    recording = read_recording(path)
+    return frames_from_recording(recording), str(recording.session or path.stem), t0_wall_ns(recording)
 
 
 def analyze_path(path: str | Path, settings: KneeSettings | None = None) -> OfflineResult:
@@ -169,8 +148,9 @@ def analyze_path(path: str | Path, settings: KneeSettings | None = None) -> Offl
                                 origin_ns=imported.start_ns)
         result.extra["labels"] = imported.labels
     elif p.suffix == RECORDING_SUFFIX and p.is_file():
-        frames, session = _recording_frames(p)
-        result = analyze_frames(frames, session, settings)
+        frames, session, t0_ns = _recording_frames(p)
+        # Session time 0 is the recording's t0 (the labels' time axis), not the first sample's arrival.
+        result = analyze_frames(frames, session, settings, origin_ns=t0_ns)
     elif not p.exists():
         raise JointmonError(f"{p}: no such file or folder")
     else:

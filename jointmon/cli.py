@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -149,12 +150,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     if args.scenario:
         if args.duration is not None or args.seed is not None:
             raise JointmonError("--scenario FILE holds the session's duration and seed: drop --duration/--seed")
-        try:  # the scenario loader is an optional, separately developed part of firmware_sim
-            from firmware_sim.scenario import load_scenario
-            from firmware_sim.session import simulate_session
-        except ImportError as exc:
-            raise JointmonError(f"--scenario needs firmware_sim.scenario.load_scenario and firmware_sim.session."
-                                f"simulate_session, missing in this installation ({exc})") from None
+        from firmware_sim.scenario import load_scenario
+        from firmware_sim.session import simulate_session
+
         sim = simulate_session(load_scenario(args.scenario))
     else:
         from firmware_sim.session import simulate_squat_session
@@ -184,6 +182,25 @@ def cmd_record(args: argparse.Namespace) -> int:
     print(f"recorded {summary.packets:,} notifications ({sim.duration_s:g} s, {len(sim.labels)} labels) to "
           f"{summary.path}; {summary.samples_published:,} samples in {summary.frames_published:,} frames"
           f"{' published to ' + args.mqtt if args.mqtt else ''}; gateway counters {summary.gateway_counters}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from analysis.evaluation import dataset_sessions, evaluate_dataset, parse_tolerances, write_json
+
+    tolerance = parse_tolerances(args.tolerance or [])
+    n = len(dataset_sessions(args.dataset))
+    with tqdm(total=n, unit="session", desc="eval", disable=args.no_progress, leave=False) as bar:
+        evaluation = evaluate_dataset(args.dataset, tolerance_s=tolerance, jobs=args.jobs,
+                                      on_session=lambda _: bar.update(1))
+    print(evaluation.table())
+    if args.json == "-":
+        print(json.dumps(evaluation.as_dict(), indent=1))
+    else:
+        write_json(evaluation, args.json)
+        print(f"\nJSON (totals and per session): {args.json}")
     return 0
 
 
@@ -278,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_influx_args(p)
     p.set_defaults(func=cmd_analyze)
 
+    p = sub.add_parser("eval", help="score the analysis on labelled sessions: precision/recall/F1, timing, "
+                                    "sound confusion, angle RMSE",
+                       description="Runs the offline analysis over DATASET (a .jmrec recording, a session folder "
+                                   "with labels.csv, or a folder of them, e.g. bench/data/standard from `make "
+                                   "standard-set`) and prints per event type precision, recall and F1 within a time "
+                                   "tolerance, timing error, click/snap/crepitus confusion and the RMSE of the knee "
+                                   "angles against the truth; the same as JSON.")
+    p.add_argument("dataset", metavar="DATASET", help="recording, session folder, or a folder of them")
+    p.add_argument("--json", default="results/eval.json", metavar="FILE", help="JSON output, - for stdout "
+                   "[%(default)s]")
+    p.add_argument("--tolerance", action="append", metavar="TYPE=MS", help="matching tolerance of an event type in "
+                   "ms, e.g. click=10 (repeatable) [click/snap/crepitus 20, valgus 500, instability 300, "
+                   "locking 1000]")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="worker processes [min(4, CPUs)]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("record", help="simulate a session, stream it through the gateway and record it losslessly",
                        description="Simulated sensors -> gateway (and an MQTT broker with --mqtt); every BLE "
                                    "notification is recorded with its arrival time, plus the sensors, labels and "
@@ -310,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "jobs", 0) is None:
+        from analysis.evaluation import default_jobs
+
+        args.jobs = default_jobs()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

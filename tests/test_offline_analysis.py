@@ -3,7 +3,6 @@ same int16 data gives, and the hand-made example folder (not written by jointmon
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -158,10 +157,8 @@ def test_not_a_session_path(tmp_path):
         analyze_path(tmp_path / "missing.jmrec")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jointmon.recording") is not None,
-                    reason="jointmon.recording exists: its own tests cover .jmrec")
-def test_recording_without_reader_is_a_clear_error(tmp_path):
+def test_damaged_recording_is_a_clear_error(tmp_path):
     rec = tmp_path / "a.jmrec"
     rec.write_bytes(b"\0")
-    with pytest.raises(JointmonError, match=r"a.jmrec: cannot read .jmrec recordings: jointmon.recording is not"):
+    with pytest.raises(JointmonError, match=r"a.jmrec: not a jointmon recording \(not a valid ZIP file"):
         analyze_path(rec)
