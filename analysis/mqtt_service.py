@@ -1,4 +1,9 @@
-"""The analysis service: subscribes to every data topic, runs one pipeline per joint, publishes events."""
+"""The analysis service: subscribes to every data topic, runs one pipeline per joint, publishes events.
+
+It also takes self-reports (pain, swelling) on the reports topic and publishes each joint's red-flag
+grade (:mod:`analysis.red_flags`) on the grades topic at the end of the session (and, with
+``grade_interval_s``, an interim grade periodically while it runs).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,29 @@ import logging
 import queue
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
+from analysis.athlete_history import AthleteHistory, grade_with_history
 from analysis.joint_router import JointRouter
 from analysis.knee_pipeline import KneePipeline, KneeSettings
+from analysis.red_flags import RedFlagSettings, summarize
 from analysis.result_sink import JointKey, ResultSink
 from jointmon.config import MqttSettings
 from jointmon.const import MQTT_QOS
-from jointmon.messages import JointEvent, Status
+from jointmon.errors import MessageError, TopicError
+from jointmon.messages import JointEvent, JointGrade, SelfReport, Status
 from jointmon.mqtt_client import ConnectionWaiter, connect, make_client
-from jointmon.topics import DATA_SUBSCRIPTION, events_topic, status_topic
+from jointmon.topics import (
+    DATA_SUBSCRIPTION,
+    REPORTS_SUBSCRIPTION,
+    events_topic,
+    grades_topic,
+    parse_reports_topic,
+    status_topic,
+)
 
 log = logging.getLogger("jointmon.analysis")
 
@@ -42,11 +58,19 @@ class AnalysisService:
     """Frames from MQTT are queued by paho's network thread and processed by one worker thread,
     so slow processing never stalls acknowledgements. Malformed topics or payloads are counted
     per reason (``dropped_<reason>``) and logged, never raised (see :class:`JointRouter`).
+
+    Self-reports arrive on the same queue (so one thread owns all state): accepted ones count as
+    ``reports``, bad ones as ``dropped_report_bad_topic`` / ``dropped_report_malformed`` /
+    ``dropped_report_mismatch`` (topic and payload name different joints). ``history`` (optional)
+    gives the red-flag grades their cross-session trend and records each final grade;
+    ``grade_interval_s`` (s, optional) publishes interim grades while the session runs.
     """
 
     def __init__(self, mqtt_settings: MqttSettings, sink: ResultSink, session: str, worker_id: str = "analysis-1",
                  knee_settings: KneeSettings | None = None,
-                 on_event: Callable[[JointEvent], None] | None = None) -> None:
+                 on_event: Callable[[JointEvent], None] | None = None, *,
+                 history: AthleteHistory | None = None, red_flags: RedFlagSettings | None = None,
+                 grade_interval_s: float | None = None) -> None:
         self.settings = mqtt_settings
         self.session = session
         self.worker_id = worker_id
@@ -60,8 +84,15 @@ class AnalysisService:
         self.sink = sink
         self.event_sink = MqttEventSink(self.client)
         self._on_event = on_event
+        self.history = history
+        self.red_flags = red_flags or RedFlagSettings()
+        self.grade_interval_s = grade_interval_s
+        self._next_grade = time.monotonic() + (grade_interval_s or 0.0)
+        self.reports: dict[tuple[str, str], SelfReport] = {}  # (athlete, joint) -> latest report of this session
+        self.joint_events: defaultdict[tuple[str, str], list[JointEvent]] = defaultdict(list)
+        self.grades: list[JointGrade] = []  # every grade published, interim and final
         # Stream checks, counters and per-joint pipelines are shared with the offline runner.
-        self.router = JointRouter(session, _EventTap(sink, self.event_sink, on_event), knee_settings)
+        self.router = JointRouter(session, _EventTap(sink, self.event_sink, self._tap_event), knee_settings)
         self.knee_settings = self.router.knee_settings
         self.pipelines: dict[tuple[str, str], KneePipeline] = self.router.pipelines
         self.counters = self.router.counters
@@ -73,7 +104,7 @@ class AnalysisService:
 
     # --- MQTT side (paho's network thread) ---
     def _on_connected(self, client: mqtt.Client) -> None:
-        client.subscribe(DATA_SUBSCRIPTION, qos=MQTT_QOS)
+        client.subscribe([(DATA_SUBSCRIPTION, MQTT_QOS), (REPORTS_SUBSCRIPTION, MQTT_QOS)])
         self._publish_status("online")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -99,7 +130,57 @@ class AnalysisService:
         self._queue.task_done()
 
     def _handle(self, topic: str, payload: bytes) -> None:
-        self.router.handle_message(topic, payload)
+        if topic.startswith(_REPORTS_PREFIX):
+            self._on_report(topic, payload)
+        else:
+            self.router.handle_message(topic, payload)
+        if self.grade_interval_s and time.monotonic() >= self._next_grade:
+            self._next_grade = time.monotonic() + self.grade_interval_s
+            self.publish_grades(final=False)
+
+    def _tap_event(self, event: JointEvent) -> None:
+        self.joint_events[(event.athlete, event.joint)].append(event)
+        if self._on_event:
+            self._on_event(event)
+
+    def _on_report(self, topic: str, payload: bytes) -> None:
+        """A self-report: validated, kept for this session's grade (and in the history); never raises."""
+        try:
+            athlete, joint = parse_reports_topic(topic)
+        except TopicError as exc:
+            self.router.drop("report_bad_topic", topic, exc)
+            return
+        try:
+            report = SelfReport.from_json(payload)
+        except MessageError as exc:
+            self.router.drop("report_malformed", topic, exc)
+            return
+        if (report.athlete, report.joint) != (athlete, joint):
+            self.router.drop("report_mismatch", topic, f"payload is for {report.athlete}/{report.joint}")
+            return
+        self.counters["reports"] += 1
+        if report.session == self.session:
+            self.reports[(athlete, joint)] = report
+        else:
+            self.counters["reports_other_session"] += 1
+        if self.history is not None:
+            self.history.save_report(report)
+
+    def publish_grades(self, final: bool = True) -> list[JointGrade]:
+        """Grade every joint seen so far (or reported on) and publish each grade, retained, on its
+        grades topic. Final grades are recorded in the history."""
+        start = self.router.first_ns or 0
+        duration_s = (self.router.end_ns - start) / 1e9 if self.router.end_ns is not None else 0.0
+        out = []
+        for athlete, joint in sorted(set(self.pipelines) | set(self.reports)):
+            summary = summarize(self.joint_events.get((athlete, joint), ()), athlete, joint, self.session,
+                                duration_s, t_ns=start, settings=self.red_flags)
+            grade = grade_with_history(summary, self.reports.get((athlete, joint)), self.history, self.red_flags,
+                                       t_ns=time.time_ns(), final=final)
+            self.client.publish(grades_topic(athlete, joint), grade.to_json(), qos=MQTT_QOS, retain=True)
+            out.append(grade)
+        self.grades.extend(out)
+        return out
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -121,10 +202,18 @@ class AnalysisService:
         self._queue.put(None)
         self._worker.join(timeout=30)
         self.router.finish()
+        try:
+            self.publish_grades(final=True)
+        except Exception:  # grading must never keep the service from shutting down cleanly
+            self.counters["grade_errors"] += 1
+            log.exception("red-flag grading failed")
         self._publish_status("offline")
         self.client.disconnect()
         self.client.loop_stop()
         self.sink.close()
+
+
+_REPORTS_PREFIX = REPORTS_SUBSCRIPTION.removesuffix("#")
 
 
 class _EventTap:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -169,8 +169,10 @@ def write_json_lines(result: OfflineResult, out: TextIO) -> int:
     return n
 
 
-def run_offline(path: str | Path, out: str | Path | None = None) -> int:
-    """``jointmon analyze PATH``: events as JSON lines to ``out`` (or stdout), a summary to stderr."""
+def run_offline(path: str | Path, out: str | Path | None = None,
+                on_result: Callable[[OfflineResult], None] | None = None) -> int:
+    """``jointmon analyze PATH``: events as JSON lines to ``out`` (or stdout), a summary to stderr;
+    then ``on_result(result)`` if given (the CLI's red-flag grading)."""
     result = analyze_path(path)
     if out is None:
         write_json_lines(result, sys.stdout)
@@ -180,4 +182,6 @@ def run_offline(path: str | Path, out: str | Path | None = None) -> int:
         with Path(out).open("w", encoding="utf-8") as f:
             write_json_lines(result, f)
     print(result.summary() + (f"; events written to {out}" if out else ""), file=sys.stderr)
+    if on_result is not None:
+        on_result(result)
     return 0

@@ -5,6 +5,8 @@ Templates are data, not string slicing spread through the code::
     jointmon/v1/data/{athlete}/{joint}/{sensor}/{stream}   binary data frames, QoS 1
     jointmon/v1/events/{athlete}/{joint}                   JSON events from the analysis, QoS 1
     jointmon/v1/status/{component}/{component_id}          JSON status, retained, with last will
+    jointmon/v1/reports/{athlete}/{joint}                  JSON self-reports (pain, swelling), QoS 1
+    jointmon/v1/grades/{athlete}/{joint}                   JSON red-flag grades from the analysis, QoS 1, retained
 
 ``athlete`` is a pseudonym (never a name: this is health data), ``joint`` is e.g. ``left_knee``,
 ``sensor`` is the body segment (``thigh``, ``shank``, ``upper_arm``, ``trunk``), ``stream`` is
@@ -22,10 +24,14 @@ ROOT = "jointmon/v1"
 DATA_TEMPLATE = ROOT + "/data/{athlete}/{joint}/{sensor}/{stream}"
 EVENTS_TEMPLATE = ROOT + "/events/{athlete}/{joint}"
 STATUS_TEMPLATE = ROOT + "/status/{component}/{component_id}"
+REPORTS_TEMPLATE = ROOT + "/reports/{athlete}/{joint}"
+GRADES_TEMPLATE = ROOT + "/grades/{athlete}/{joint}"
 
 DATA_SUBSCRIPTION = ROOT + "/data/#"
 EVENTS_SUBSCRIPTION = ROOT + "/events/#"
 STATUS_SUBSCRIPTION = ROOT + "/status/#"
+REPORTS_SUBSCRIPTION = ROOT + "/reports/#"
+GRADES_SUBSCRIPTION = ROOT + "/grades/#"
 
 STREAMS = ("imu", "mic")
 # One topic level: letters, digits, '-', '_' and '.'; no MQTT wildcards or separators.
@@ -88,3 +94,23 @@ def status_topic(component: str, component_id: str) -> str:
     return STATUS_TEMPLATE.format(
         component=check_level("component", component), component_id=check_level("component_id", component_id)
     )
+
+
+def reports_topic(athlete: str, joint: str) -> str:
+    """Where athletes or coaches publish a :class:`jointmon.messages.SelfReport` for one joint."""
+    return REPORTS_TEMPLATE.format(athlete=check_level("athlete", athlete), joint=check_level("joint", joint))
+
+
+def parse_reports_topic(topic: str) -> tuple[str, str]:
+    v = _parse(REPORTS_TEMPLATE, topic)
+    return v["athlete"], v["joint"]
+
+
+def grades_topic(athlete: str, joint: str) -> str:
+    """Where the analysis publishes a :class:`jointmon.messages.JointGrade` for one joint."""
+    return GRADES_TEMPLATE.format(athlete=check_level("athlete", athlete), joint=check_level("joint", joint))
+
+
+def parse_grades_topic(topic: str) -> tuple[str, str]:
+    v = _parse(GRADES_TEMPLATE, topic)
+    return v["athlete"], v["joint"]
