@@ -11,10 +11,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from jointmon import __version__
 from jointmon.config import InfluxSettings, MqttSettings
 from jointmon.errors import JointmonError
+
+if TYPE_CHECKING:
+    from analysis.athlete_history import AthleteHistory
+    from analysis.grading import ReportArgs
+    from analysis.offline import OfflineResult
+    from jointmon.messages import JointGrade
 
 log = logging.getLogger("jointmon")
 
@@ -111,11 +118,92 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pain(text: str) -> int:
+    """``--pain``: a whole number on the 0..10 numeric rating scale."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: pain is a whole number from 0 (none) to 10 (worst)") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"{text!r}: pain is a whole number from 0 (none) to 10 (worst)")
+    return value
+
+
+def _yes_no(text: str) -> bool:
+    """``--swelling`` / ``--injury``: yes or no (alone, the flag means yes)."""
+    value = text.strip().lower()
+    if value in ("yes", "y", "true", "1"):
+        return True
+    if value in ("no", "n", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: yes or no")
+
+
+def _add_report_args(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group(f"self-report ({what}; red flags no sensor can measure)")
+    g.add_argument("--pain", type=_pain, metavar="0-10", help="pain during or after the session, 0 (none) to 10")
+    g.add_argument("--swelling", type=_yes_no, nargs="?", const=True, metavar="yes|no",
+                   help="visible puffiness or warmth of the joint (alone: yes)")
+    g.add_argument("--injury", type=_yes_no, nargs="?", const=True, metavar="yes|no",
+                   help="the clicking started after an injury (alone: yes)")
+
+
+def _add_grade_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("red-flag grading (benign / watch / seek evaluation; never a diagnosis)")
+    g.add_argument("--history", default="results/athlete_history.sqlite", metavar="FILE",
+                   help="per-athlete/joint session history: trends are judged against it and graded sessions "
+                        "are added to it [%(default)s]")
+    g.add_argument("--no-history", action="store_true", help="grade this session alone: no trend, nothing recorded")
+    g.add_argument("--grade-json", metavar="FILE", help="also write the grades as JSON lines here")
+
+
+def _history(args: argparse.Namespace) -> AthleteHistory | None:
+    if args.no_history:
+        return None
+    from analysis.athlete_history import AthleteHistory
+
+    return AthleteHistory(args.history)
+
+
+def _emit_grades(args: argparse.Namespace, grades: list[JointGrade], file: TextIO) -> None:
+    from analysis.grading import print_grades
+
+    print_grades(grades, file)
+    if args.grade_json:
+        Path(args.grade_json).parent.mkdir(parents=True, exist_ok=True)
+        with Path(args.grade_json).open("w", encoding="utf-8") as f:
+            for g in grades:
+                f.write(g.to_json().decode() + "\n")
+
+
+def _report_args(args: argparse.Namespace, joint: str | None = None, athlete: str | None = None) -> ReportArgs:
+    from analysis.grading import ReportArgs
+
+    return ReportArgs(args.pain, args.swelling, args.injury, joint, athlete)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.path:  # offline: a session folder or a recording, events as JSON lines
         from analysis.offline import run_offline
 
-        return run_offline(args.path, args.out)
+        if args.no_grade:
+            return run_offline(args.path, args.out)
+        from analysis.grading import grade_sessions, sessions_from_offline
+
+        def grade(result: OfflineResult) -> None:
+            history = _history(args)
+            try:
+                grades = grade_sessions(sessions_from_offline(result), _report_args(args, args.report_joint),
+                                        history, now_ns=time.time_ns())
+            finally:
+                if history is not None:
+                    history.close()
+            _emit_grades(args, grades, sys.stderr)
+
+        return run_offline(args.path, args.out, on_result=grade)
+    if args.pain is not None or args.swelling is not None or args.injury is not None:
+        raise JointmonError("--pain/--swelling/--injury grade an offline PATH; for a live session publish them "
+                            "with `jointmon report`")
     from analysis.mqtt_service import AnalysisService
     from analysis.result_sink import FanOut, ResultSink
     from analysis.results_store import SqliteResults
@@ -126,7 +214,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from analysis.influx_sink import InfluxSink
 
         sinks.append(InfluxSink(influx))
-    service = AnalysisService(MqttSettings.from_url(args.mqtt), FanOut(*sinks), args.session, args.worker_id)
+    history = None if args.no_grade else _history(args)
+    service = AnalysisService(MqttSettings.from_url(args.mqtt), FanOut(*sinks), args.session, args.worker_id,
+                              history=history, grade_interval_s=args.grade_interval or None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     service.start()
@@ -140,7 +230,61 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         pass
     finally:
         service.stop()
+        if history is not None:
+            history.close()
     print(f"analysed {sum(service.samples.values()):,} samples; counters {dict(service.counters)}")
+    if not args.no_grade:
+        _emit_grades(args, [g for g in service.grades if g.final], sys.stdout)
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from analysis.grading import grade_sessions, sessions_from_file
+
+    sessions = sessions_from_file(args.file, args.duration)
+    if args.athlete or args.joint:
+        sessions = [s for s in sessions if (not args.athlete or s.key[0] == args.athlete)
+                    and (not args.joint or s.key[1] == args.joint)]
+    if not sessions:
+        raise JointmonError(f"{args.file}: no events or sessions to grade" +
+                            (" for that athlete/joint" if args.athlete or args.joint else ""))
+    history = _history(args)
+    try:
+        grades = grade_sessions(sessions, _report_args(args, args.joint, args.athlete), history,
+                                now_ns=time.time_ns())
+    finally:
+        if history is not None:
+            history.close()
+    if any(g.figures.get("duration_estimated") for g in grades):
+        print("note: session length estimated from the last event (give --duration S for exact rates)",
+              file=sys.stderr)
+    _emit_grades(args, grades, sys.stdout)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from jointmon.const import MQTT_QOS
+    from jointmon.messages import SelfReport
+    from jointmon.mqtt_client import ConnectionWaiter, connect, make_client
+    from jointmon.topics import reports_topic
+
+    if args.pain is None and args.swelling is None and args.injury is None:
+        raise JointmonError("nothing to report: give --pain 0-10, --swelling [yes|no] and/or --injury [yes|no]")
+    report = SelfReport(args.athlete, args.joint, args.session, time.time_ns(), args.pain, args.swelling,
+                        args.injury, args.source)
+    topic = reports_topic(args.athlete, args.joint)
+    settings = MqttSettings.from_url(args.mqtt)
+    client = make_client(settings, f"jointmon-report-{time.time_ns() % 10**9}")
+    connect(client, settings, ConnectionWaiter(client, "report"))
+    try:
+        info = client.publish(topic, report.to_json(), qos=MQTT_QOS)
+        info.wait_for_publish(timeout=10.0)
+        if not info.is_published():
+            raise JointmonError(f"the broker at {args.mqtt} did not acknowledge the report within 10 s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    print(f"reported {report.to_json().decode()} on {topic}")
     return 0
 
 
@@ -293,7 +437,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0: run until "
                    "Ctrl-C) [%(default)s]")
     _add_influx_args(p)
+    _add_report_args(p, "offline PATH only")
+    _add_grade_args(p)
+    p.add_argument("--report-joint", metavar="JOINT", help="offline: the self-report is about this joint [every "
+                   "joint in PATH]")
+    p.add_argument("--no-grade", action="store_true", help="no red-flag grade")
+    p.add_argument("--grade-interval", type=float, default=0.0, metavar="S", help="live: also publish an interim "
+                   "grade every S seconds (0: only at the end) [%(default)s]")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("grade", help="red-flag grade per joint and session from an events or results file",
+                       description="Grades each joint of each session in FILE (JSON lines from `jointmon analyze "
+                                   "PATH --out FILE`, or a results file such as results/analysis.sqlite) as benign, "
+                                   "watch or seek evaluation, with the reasons in plain words, against the "
+                                   "athlete's session history. It measures and grades; it never diagnoses.")
+    p.add_argument("file", metavar="FILE", help="events (.jsonl) or results (.sqlite) file")
+    p.add_argument("--athlete", help="only this athlete (pseudonym); the self-report applies to it")
+    p.add_argument("--joint", help="only this joint, e.g. left_knee; the self-report applies to it")
+    p.add_argument("--duration", type=float, metavar="S", help="session length, s, for click rates [a results "
+                   "file's angle span; else estimated from the events]")
+    _add_report_args(p, "applies to every graded joint unless --athlete/--joint narrow it")
+    _add_grade_args(p)
+    p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("report", help="publish a self-report (pain, swelling, injury) for a joint over MQTT",
+                       description="Publishes the athlete's or coach's self-report for one joint and session on "
+                                   "jointmon/v1/reports/{athlete}/{joint}; the analysis service grades the session "
+                                   "with it (pain and swelling are red flags no sensor can measure).")
+    p.add_argument("--athlete", required=True, help="athlete pseudonym, e.g. ath-001 (never a name)")
+    p.add_argument("--joint", required=True, help="joint, e.g. left_knee")
+    p.add_argument("--session", default=time.strftime("%Y-%m-%d"), help="session id tag [today's date]")
+    p.add_argument("--source", choices=("athlete", "coach", "therapist"), default="athlete",
+                   help="who reports [%(default)s]")
+    _add_report_args(p, "at least one")
+    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker [%(default)s]")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="score the analysis on labelled sessions: precision/recall/F1, timing, "
                                     "sound confusion, angle RMSE",
