@@ -1,0 +1,397 @@
+"""Detection latency: event time to event published, in a real-time replay (target p99 <= 250 ms).
+
+One command::
+
+    .venv/bin/python bench/latency.py /tmp/ss/s000.jmrec /tmp/ss/s013.jmrec   # recordings, replayed at speed 1
+    .venv/bin/python bench/latency.py --simulate 30                           # a simulated squat session, live
+
+It starts a mosquitto broker on a free loopback port (``jointmon.embedded_broker``), then per source
+the analysis service (``jointmon analyze --mqtt``) and the source (``jointmon replay FILE --speed 1``
+or ``jointmon simulate``) as separate processes, as they run in production, and subscribes to
+``jointmon/v1/events/#`` itself. Each event's latency is (wall clock when this subscriber received
+it) - (the event's ``t_ns``, its onset on the gateway's wall-clock map), in ms. All three processes
+share the host's clock.
+
+Printed per event type and overall: n, p50, p95, p99, max. Two kinds of event are kept apart:
+
+* ``rep`` events are published when the rep has ended, but carry the rep's start as ``t_ns``:
+  their latency from onset is the rep's duration. They are shown from onset and from the rep's end
+  (``t_ns + details.duration_s``), and only the latter enters "overall".
+* events published when the analysis is stopped (detections pending at the end of the stream,
+  flushed by ``finish()``) are counted as ``flushed at end`` and not in the percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from jointmon.config import MqttSettings  # noqa: E402
+from jointmon.const import MQTT_QOS  # noqa: E402
+from jointmon.errors import MessageError, TopicError  # noqa: E402
+from jointmon.messages import JointEvent, Status  # noqa: E402
+from jointmon.mqtt_client import ConnectionWaiter, connect, make_client  # noqa: E402
+from jointmon.topics import EVENTS_SUBSCRIPTION, STATUS_SUBSCRIPTION, parse_events_topic  # noqa: E402
+
+log = logging.getLogger("jointmon.bench.latency")
+
+TARGET_P99_MS = 250.0
+PERCENTILES = (50, 95, 99)
+ANALYSIS_START_TIMEOUT_S = 30.0  # the analysis process imports numpy/scipy/vqf before it subscribes
+ANALYSIS_STOP_TIMEOUT_S = 60.0
+QUIET_S = 1.0  # after the source ends: no event for this long means the analysis has caught up
+DRAIN_MAX_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One event as the subscriber got it: receive wall clock (Unix ns) and the event."""
+
+    recv_ns: int
+    event: JointEvent
+    source: str = ""
+    flushed: bool = False  # received after the analysis was told to stop
+    emitted_ns: int | None = None  # --in-process: wall clock when the pipeline emitted it (Unix ns)
+
+    @property
+    def latency_ms(self) -> float:
+        """Receive time - event onset, ms."""
+        return (self.recv_ns - self.event.t_ns) / 1e6
+
+    @property
+    def latency_from_end_ms(self) -> float:
+        """Receive time - event end (onset + ``details.duration_s``, if any), ms."""
+        duration_s = self.event.details.get("duration_s", 0.0)
+        end_ns = self.event.t_ns + round(float(duration_s if isinstance(duration_s, int | float) else 0.0) * 1e9)
+        return (self.recv_ns - end_ns) / 1e6
+
+
+class EventLatencyProbe:
+    """An MQTT subscriber to every events topic (and analysis status) that timestamps each message
+    on arrival, in paho's network thread, before anything else is done with it. Malformed events
+    are counted in ``counters["malformed"]``, never raised."""
+
+    def __init__(self, url: str, client_id: str = "jointmon-latency-probe") -> None:
+        self.settings = MqttSettings.from_url(url)
+        self.client = make_client(self.settings, client_id, clean_session=True)
+        self._waiter = ConnectionWaiter(self.client, "latency probe")
+        self._waiter.on_connected = self._on_connected
+        self.client.on_message = self._on_message
+        self.received: list[Received] = []
+        self.counters: Counter[str] = Counter()
+        self.online: set[str] = set()  # analysis worker ids whose retained status is online
+        self.source = ""
+        self.flushing = False
+        self._lock = threading.Lock()
+        self.last_recv_mono = time.monotonic()
+
+    def _on_connected(self, client: mqtt.Client) -> None:
+        client.subscribe([(EVENTS_SUBSCRIPTION, MQTT_QOS), (STATUS_SUBSCRIPTION, MQTT_QOS)])
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        recv_ns = time.time_ns()
+        if msg.topic.startswith(STATUS_SUBSCRIPTION.removesuffix("#")):
+            try:
+                status = Status.from_json(msg.payload)
+            except MessageError:
+                return
+            if status.component == "analysis":
+                (self.online.add if status.state == "online" else self.online.discard)(status.component_id)
+            return
+        try:
+            parse_events_topic(msg.topic)
+            event = JointEvent.from_json(msg.payload)
+        except (TopicError, MessageError) as exc:
+            self.counters["malformed"] += 1
+            log.warning("malformed event on %s: %s", msg.topic, exc)
+            return
+        with self._lock:
+            self.received.append(Received(recv_ns, event, self.source, self.flushing))
+            self.last_recv_mono = time.monotonic()
+
+    def start(self) -> EventLatencyProbe:
+        connect(self.client, self.settings, self._waiter)
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> EventLatencyProbe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LatencyRow:
+    """Latency figures of one group of events, ms."""
+
+    name: str
+    n: int
+    p50_ms: float = float("nan")
+    p95_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    max_ms: float = float("nan")
+
+    @classmethod
+    def of(cls, name: str, latencies_ms: list[float] | np.ndarray) -> LatencyRow:
+        x = np.asarray(latencies_ms, float)
+        if not x.size:
+            return cls(name, 0)
+        p50, p95, p99 = np.percentile(x, PERCENTILES)
+        return cls(name, int(x.size), float(p50), float(p95), float(p99), float(x.max()))
+
+
+@dataclass
+class LatencyReport:
+    """Per event type and overall; ``flushed`` counts events published only at the end of the stream.
+    With emission times (``--in-process``), ``split`` holds per type the detection part (emitted -
+    onset) and the publish part (received - emitted) of the latency."""
+
+    rows: list[LatencyRow]
+    overall: LatencyRow
+    flushed: Counter[str] = field(default_factory=Counter)
+    split: list[tuple[LatencyRow, LatencyRow]] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{'event type':<22}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}"]
+        for r in [*self.rows, self.overall]:
+            lines.append(f"{r.name:<22}{r.n:>6}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}{r.p99_ms:>10.1f}{r.max_ms:>10.1f}")
+        if self.split:
+            lines.append(f"{'split':<22}{'n':>6}{'decide p50':>12}{'decide p99':>12}{'publish p50':>13}"
+                         f"{'publish p99':>13}")
+            for d, pub in self.split:
+                lines.append(f"{d.name:<22}{d.n:>6}{d.p50_ms:>12.1f}{d.p99_ms:>12.1f}{pub.p50_ms:>13.1f}"
+                             f"{pub.p99_ms:>13.1f}")
+        if self.flushed:
+            lines.append("flushed at end of stream (not in the percentiles): "
+                         + ", ".join(f"{n} {t}" for t, n in sorted(self.flushed.items())))
+        verdict = "meets" if self.overall.n and self.overall.p99_ms <= TARGET_P99_MS else "MISSES"
+        lines.append(f"overall p99 {self.overall.p99_ms:.1f} ms {verdict} the target p99 <= {TARGET_P99_MS:.0f} ms")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"rows": [r.__dict__ for r in self.rows], "overall": self.overall.__dict__,
+                "flushed": dict(self.flushed), "target_p99_ms": TARGET_P99_MS,
+                "split": [{"decide": d.__dict__, "publish": p.__dict__} for d, p in self.split]}
+
+
+def latency_report(received: list[Received]) -> LatencyReport:
+    """Group by event type; reps from onset and from end; overall = every type, reps from their end."""
+    live = [r for r in received if not r.flushed]
+    by_type: dict[str, list[float]] = {}
+    overall: list[float] = []
+    for r in live:
+        if r.event.type == "rep":
+            by_type.setdefault("rep (from onset)", []).append(r.latency_ms)
+            by_type.setdefault("rep (from end)", []).append(r.latency_from_end_ms)
+            overall.append(r.latency_from_end_ms)
+        else:
+            by_type.setdefault(r.event.type, []).append(r.latency_ms)
+            overall.append(r.latency_ms)
+    rows = [LatencyRow.of(name, v) for name, v in sorted(by_type.items())]
+    split = []
+    timed = [r for r in live if r.emitted_ns is not None]
+    for t in sorted({r.event.type for r in timed}):
+        of_t = [r for r in timed if r.event.type == t]
+        end = [r.latency_ms - r.latency_from_end_ms for r in of_t]  # 0 except for interval events (reps)
+        split.append((LatencyRow.of(t + (" (from end)" if any(end) else ""),
+                                    [(r.emitted_ns - r.event.t_ns) / 1e6 - e for r, e in zip(of_t, end, strict=True)]),
+                      LatencyRow.of(t, [(r.recv_ns - r.emitted_ns) / 1e6 for r in of_t])))  # type: ignore[operator]
+    return LatencyReport(rows, LatencyRow.of("overall", overall), Counter(r.event.type for r in received if r.flushed),
+                         split)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run: broker, analysis process, source process
+# ------------------------------------------------------------------------------------------------
+
+def _jointmon(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jointmon.cli", "--log-level", "WARNING", *args]
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def run_source(probe: EventLatencyProbe, url: str, source_cmd: list[str], name: str, duration_s: float,
+               workdir: Path, bar: tqdm | None = None) -> None:
+    """Run the analysis service and one source (replay or simulation) as processes; the probe records
+    every event. Raises RuntimeError (with the processes' log tails) if one fails."""
+    worker = f"bench-{name}"
+    analysis_log = workdir / f"{name}.analysis.log"
+    source_log = workdir / f"{name}.source.log"
+    cmd = _jointmon("analyze", "--mqtt", url, "--session", name, "--worker-id", worker,
+                    "--results", str(workdir / f"{name}.sqlite"), "--no-history")
+    with analysis_log.open("wb") as alog:
+        analysis = subprocess.Popen(cmd, stdout=alog, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + ANALYSIS_START_TIMEOUT_S
+        while worker not in probe.online:
+            if analysis.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"analysis did not come online:\n{_tail(analysis_log)}")
+            time.sleep(0.05)
+        probe.source, probe.flushing = name, False
+        with source_log.open("wb") as slog:
+            source = subprocess.Popen(source_cmd, stdout=slog, stderr=subprocess.STDOUT, cwd=REPO)
+        _follow(source, duration_s, bar)
+        if source.returncode != 0:
+            raise RuntimeError(f"source {' '.join(source_cmd)} exited with {source.returncode}:\n{_tail(source_log)}")
+        # Let the analysis catch up (events still in flight are live events), then stop it.
+        deadline = time.monotonic() + DRAIN_MAX_S
+        while time.monotonic() - probe.last_recv_mono < QUIET_S and time.monotonic() < deadline:
+            time.sleep(0.05)
+        probe.flushing = True
+        analysis.send_signal(signal.SIGTERM)
+        analysis.wait(ANALYSIS_STOP_TIMEOUT_S)
+        time.sleep(0.3)  # the last flushed events reach the probe
+    finally:
+        if analysis.poll() is None:
+            analysis.kill()
+            analysis.wait()
+
+
+def run_source_in_process(probe: EventLatencyProbe, url: str, source_cmd: list[str], name: str, duration_s: float,
+                          workdir: Path, bar: tqdm | None = None) -> None:
+    """As :func:`run_source`, with the analysis service in this process, so each event's emission
+    time is known too: latency = detection part (emitted - onset) + publish part (received - emitted)."""
+    from analysis.mqtt_service import AnalysisService
+    from analysis.results_store import SqliteResults
+
+    emitted: dict[tuple[str, int, str], int] = {}
+
+    def on_event(e: JointEvent) -> None:
+        emitted[(e.type, e.t_ns, e.sensor)] = time.time_ns()
+
+    service = AnalysisService(MqttSettings.from_url(url), SqliteResults(workdir / f"{name}.sqlite"), name,
+                              f"bench-{name}", on_event=on_event)
+    service.start()
+    n0 = len(probe.received)
+    try:
+        probe.source, probe.flushing = name, False
+        source_log = workdir / f"{name}.source.log"
+        with source_log.open("wb") as slog:
+            source = subprocess.Popen(source_cmd, stdout=slog, stderr=subprocess.STDOUT, cwd=REPO)
+        _follow(source, duration_s, bar)
+        if source.returncode != 0:
+            raise RuntimeError(f"source {' '.join(source_cmd)} exited with {source.returncode}:\n{_tail(source_log)}")
+        service.wait_quiet(QUIET_S, DRAIN_MAX_S)
+        time.sleep(0.3)
+        probe.flushing = True
+    finally:
+        service.stop()
+    time.sleep(0.3)
+    with probe._lock:
+        for i in range(n0, len(probe.received)):
+            r = probe.received[i]
+            probe.received[i] = Received(r.recv_ns, r.event, r.source, r.flushed,
+                                         emitted.get((r.event.type, r.event.t_ns, r.event.sensor)))
+
+
+def _follow(source: subprocess.Popen[bytes], duration_s: float, bar: tqdm | None) -> None:
+    """Wait for ``source`` to end, advancing ``bar`` by wall time up to ``duration_s``."""
+    t0, done = time.monotonic(), 0.0
+    while source.poll() is None:
+        time.sleep(0.2)
+        if bar is not None:
+            step = min(time.monotonic() - t0, duration_s) - done
+            bar.update(step)
+            done += step
+    if bar is not None:
+        bar.update(duration_s - done)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Prints p50/p95/p99/max per event type.",
+                                epilog="Example: bench/latency.py /tmp/ss/s000.jmrec /tmp/ss/s013.jmrec")
+    p.add_argument("recordings", nargs="*", metavar="FILE.jmrec", help="recordings to replay (jointmon replay)")
+    p.add_argument("--simulate", type=float, default=0.0, metavar="S", help="also stream a simulated squat session "
+                   "of S seconds (jointmon simulate) [off; 30 s when no recording is given]")
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulated session [%(default)s]")
+    p.add_argument("--clicks", type=int, default=8, help="clicks in the simulated session [%(default)s]")
+    p.add_argument("--speed", type=float, default=1.0, help="real-time multiple of the replay/simulation "
+                   "[%(default)s: real time, as the target is defined]")
+    p.add_argument("--in-process", action="store_true", help="run the analysis service in this process, to split "
+                   "each latency into detection (emitted - onset) and publishing (received - emitted)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures (overall, per type, per source) as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.speed > 0:
+        p.error("--speed must be positive")
+    missing = [f for f in args.recordings if not Path(f).is_file()]
+    if missing:
+        p.error(f"no such recording: {', '.join(missing)}")
+    simulate_s = args.simulate or (0.0 if args.recordings else 30.0)
+
+    from jointmon.embedded_broker import EmbeddedBroker
+    from jointmon.recording import read_recording
+
+    sources: list[tuple[str, list[str], float]] = []
+    for f in args.recordings:
+        duration = read_recording(f).duration_s
+        sources.append((Path(f).stem, _jointmon("replay", f, "--speed", str(args.speed), "--mqtt", "{url}",
+                                                "--no-progress", "--gateway-id", "gw-bench"), duration))
+    if simulate_s:
+        sources.append((f"sim-{args.seed}", _jointmon("simulate", "--mqtt", "{url}", "--duration", str(simulate_s),
+                                                      "--seed", str(args.seed), "--clicks", str(args.clicks),
+                                                      "--speed", str(args.speed), "--gateway-id", "gw-bench"),
+                        simulate_s))
+    total = sum(d for *_, d in sources) / args.speed
+    per_source: dict[str, dict[str, object]] = {}
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="jointmon-latency-") as tmp, \
+            EventLatencyProbe(broker.url) as probe, \
+            tqdm(total=round(total, 1), unit="s", disable=args.no_progress, leave=False,
+                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
+        print(f"broker: {broker.kind} on {broker.url}; {len(sources)} source(s), {total:.0f} s in real time",
+              file=sys.stderr)
+        for name, cmd, duration in sources:
+            bar.set_description(name)
+            run = run_source_in_process if args.in_process else run_source
+            run(probe, broker.url, [c.replace("{url}", broker.url) for c in cmd], name,
+                       duration / args.speed, Path(tmp), bar)
+            per_source[name] = latency_report([r for r in probe.received if r.source == name]).as_dict()
+        received = list(probe.received)
+        malformed = probe.counters["malformed"]
+    report = latency_report(received)
+    for name, figures in per_source.items():
+        o = figures["overall"]
+        assert isinstance(o, dict)
+        print(f"{name}: n={o['n']} p50 {o['p50_ms']:.1f} ms, p95 {o['p95_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, "
+              f"max {o['max_ms']:.1f} ms")
+    print(report.table())
+    if malformed:
+        print(f"{malformed} malformed event message(s) dropped")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**report.as_dict(), "sources": per_source, "speed": args.speed,
+                                               "malformed": malformed}, indent=1))
+    return 0 if report.overall.n and report.overall.p99_ms <= TARGET_P99_MS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
