@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from analysis.evaluation_metrics import ANGLES, DEFAULT_TOLERANCE_S, EVENT_TYPES, Score, format_table, score_session
+from analysis.evaluation_metrics import (
+    DEFAULT_TOLERANCE_S,
+    EVENT_TYPES,
+    JOINT_ANGLES,
+    Score,
+    format_table,
+    joint_kind,
+    score_session,
+)
 from analysis.offline import RECORDING_SUFFIX, OfflineResult, analyze_path
 from analysis.session_folder import SESSION_FILE
 from jointmon.errors import JointmonError
@@ -114,10 +122,11 @@ def evaluate_session(path: str | Path, tolerance_s: dict[str, float] | None = No
         est_t = est = None
         series = [v for (_, j), v in result.angles.items() if j == joint]
         if series:
-            t_ns, flexion = series[0]
-            est_t, est = (t_ns - result.origin_ns) / 1e9, {"flexion_deg": flexion}
-        # The simulator's truth angles belong to the session's one joint.
-        joint_truth = {a: truth[a] for a in ANGLES if a in truth} if meta.get("joint") == joint else {}
+            t_ns, named = series[0]
+            est_t, est = (t_ns - result.origin_ns) / 1e9, named
+        # The simulator's truth angles belong to the session's one joint; only that joint kind's angles count.
+        scored = JOINT_ANGLES.get(joint_kind(joint), ())
+        joint_truth = {a: truth[a] for a in scored if a in truth} if meta.get("joint") == joint else {}
         part = score_session([lb for lb in labels if lb["joint"] == joint],
                              [e for e in events if e["joint"] == joint], result.duration_s,
                              truth.get("t_s") if joint_truth else None, joint_truth, est_t, est, tolerance_s)

@@ -22,7 +22,15 @@ EVENT_TYPES = SOUND_TYPES + KINEMATIC_TYPES
 # this close to it, counts.
 DEFAULT_TOLERANCE_S = {"click": 0.02, "snap": 0.02, "crepitus": 0.02, "valgus": 0.5, "instability": 0.3,
                        "locking": 1.0}
-ANGLES = ("flexion_deg", "abduction_deg")
+ANGLES = ("flexion_deg", "abduction_deg", "elevation_deg")
+# Which scored angles belong to which joint kind (a shoulder recording's truth also carries a
+# "flexion_deg" key, its main angle: it must not be scored as knee flexion).
+JOINT_ANGLES = {"knee": ("flexion_deg", "abduction_deg"), "shoulder": ("elevation_deg",)}
+
+
+def joint_kind(joint: str) -> str:
+    """"knee" or "shoulder" from a joint name like "left_knee"; "" for anything else."""
+    return next((k for k in JOINT_ANGLES if joint.endswith(k)), "")
 
 
 @dataclass

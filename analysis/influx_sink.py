@@ -2,7 +2,8 @@
 
 Schema (tags are low-cardinality: no per-event ids)::
 
-    joint_angle,athlete=A,joint=J,session=S  flexion_deg=F                          50 Hz
+    joint_angle,athlete=A,joint=J,session=S  flexion_deg=F,abduction_deg=B,rotation_deg=R   50 Hz
+                (knee; shoulder: elevation_deg, plane_deg, rotation_deg; unknown values left out)
     joint_event,athlete=A,joint=J,session=S,type=T  sensor="...",confidence=C,
                 magnitude=M,stream_t_s=X,details="{json}"                         one per event
 """
@@ -10,6 +11,7 @@ Schema (tags are low-cardinality: no per-event ids)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -32,9 +34,11 @@ class InfluxSink:
     def __init__(self, settings: InfluxSettings, writer: InfluxWriter | None = None) -> None:
         self.writer = writer or InfluxWriter(settings)
 
-    def angles(self, key: JointKey, t_ns: np.ndarray, flexion_deg: np.ndarray) -> None:
+    def angles(self, key: JointKey, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> None:
+        if not angles:
+            return
         self.writer.write(lines_from_arrays(ANGLE_MEASUREMENT, _tags(key.athlete, key.joint, key.session),
-                                            {"flexion_deg": np.asarray(flexion_deg, float)},
+                                            {k: np.asarray(v, float) for k, v in angles.items()},
                                             np.asarray(t_ns, np.int64)))
 
     def event(self, e: JointEvent) -> None:

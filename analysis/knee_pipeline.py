@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.knee_angle import KneeFlexion
+from analysis.angle_history import AngleHistory
+from analysis.knee_angles import KNEE_ANGLES, KneeAngles
 from analysis.rep_counter import Rep, RepCounter, RepSettings
 from analysis.result_sink import JointKey, ResultSink
+from analysis.shoulder_angles import SHOULDER_ANGLES, ShoulderAngles
 from analysis.sound_events import SoundEvent, SoundSettings, SoundTracker
 from analysis.transient_detector import TransientDetector, TransientSettings
 from jointmon.const import ANGLE_STORE_RATE_HZ
@@ -35,6 +37,23 @@ class _MicState:
     t0_ns: int = 0  # wall time of stream sample index 0
 
 
+# Sensors of each joint kind (topic sensor names); IMU frames of other sensors are counted and skipped.
+JOINT_SENSORS = {"knee": ("thigh", "shank"), "shoulder": ("upper_arm", "trunk")}
+ANGLE_HISTORY_S = 10.0  # seconds of angles kept per pipeline for detectors that look back
+IMU_RATE_HZ_MAX = 200  # the IMU rate the history is sized for (a faster IMU keeps proportionally less time)
+
+
+@dataclass(frozen=True)
+class ImuChunk:
+    """One sensor's IMU frame as given to the kinematic hook: ``t_ns`` (n,) Unix ns, ``accel_g`` (n, 3) g and
+    ``gyro_dps`` (n, 3) deg/s in the sensor frame."""
+
+    sensor: str
+    t_ns: np.ndarray
+    accel_g: np.ndarray
+    gyro_dps: np.ndarray
+
+
 class KneePipeline:
     """Frames in (any order across streams), results out to a :class:`ResultSink`.
 
@@ -46,7 +65,13 @@ class KneePipeline:
         self.sink = sink
         self.settings = settings or KneeSettings()
         self._mics: dict[str, _MicState] = {}
-        self._knee: KneeFlexion | None = None
+        self._angles: KneeAngles | ShoulderAngles | None = None
+        # Joint angles for other detectors: the newest values and a ring buffer of the last seconds.
+        kind = key.joint.rsplit("_", 1)[-1]
+        self.angle_history = AngleHistory(SHOULDER_ANGLES if kind == "shoulder" else KNEE_ANGLES,
+                                          int(ANGLE_HISTORY_S * IMU_RATE_HZ_MAX))
+        self.last_angles: dict[str, float] = self.angle_history.latest()
+        self.angles_calibrated = False  # sensor-to-segment calibration done (before: provisional angles)
         self._reps = RepCounter(self.settings.rep)
         self._sounds = SoundTracker(self.settings.sound)
         self.sound_events: list[SoundEvent] = []
@@ -130,23 +155,46 @@ class KneePipeline:
 
     def _on_imu(self, sensor: str, frame: Frame) -> None:
         self._sounds.on_imu(sensor, frame.sample_times_ns(), frame.physical()[:, :3], self.last_flexion_deg)
-        if sensor not in ("thigh", "shank"):
+        kind = self.key.joint.rsplit("_", 1)[-1]
+        if sensor not in JOINT_SENSORS.get(kind, ()):
             self.counters["imu_unknown_segment"] += 1
             return
-        if self._knee is None:
-            self._knee = KneeFlexion(frame.rate_hz)
+        if self._angles is None:
+            side_joint = self.key.joint if self.key.joint.split("_", 1)[0] in ("left", "right") else f"left_{kind}"
+            self._angles = (KneeAngles(frame.rate_hz, side_joint) if kind == "knee"
+                            else ShoulderAngles(frame.rate_hz, side_joint))
         data = frame.physical()
-        t_ns, flex = self._knee.update(sensor, frame.sample_times_ns(), data[:, :3], data[:, 3:])
+        imu = ImuChunk(sensor, frame.sample_times_ns(), data[:, :3], data[:, 3:])
+        t_ns, angles = self._angles.update(sensor, imu.t_ns, imu.accel_g, imu.gyro_dps)
         if not t_ns.size:
             return
-        self.last_flexion_deg = float(flex[-1])
+        self.angles_calibrated = self._angles.calibrated
+        self.angle_history.append(t_ns, angles)
+        self.last_angles = self.angle_history.latest()
+        main = angles.get("flexion_deg", angles.get("elevation_deg"))
+        self.last_flexion_deg = float(main[-1]) if main is not None else float("nan")
         # Store at angle_store_rate_hz: the first sample of each new time bucket.
         bucket = t_ns // round(1e9 / self.settings.angle_store_rate_hz)
         keep = bucket != np.concatenate(([self._angle_bucket], bucket[:-1]))
         self._angle_bucket = int(bucket[-1])
         if keep.any():
-            self.sink.angles(self.key, t_ns[keep], flex[keep])
-        for rep in self._reps.update(t_ns, flex):
+            self.sink.angles(self.key, t_ns[keep], {k: v[keep] for k, v in angles.items()})
+        if kind == "knee":
+            self._count_reps(t_ns, angles["flexion_deg"])
+        self.on_kinematics(t_ns, angles, imu)
+
+    def on_kinematics(self, t_ns: np.ndarray, angles: dict[str, np.ndarray], imu: ImuChunk) -> None:
+        """HOOK for the kinematic-event detectors (valgus, instability, locking): called once per new block
+        of joint angles, ``t_ns`` (Unix ns, int64 (n,)) and ``angles`` ({name: deg (n,)}; knee:
+        flexion_deg, abduction_deg, rotation_deg; shoulder: elevation_deg, plane_deg, rotation_deg; NaN
+        where unknown, e.g. abduction before calibration, see ``self.angles_calibrated``), with the raw
+        IMU frame that produced it (``imu``: one sensor's samples; the angles lag it by up to a frame of
+        the other sensor). ``self.angle_history`` holds the last ``ANGLE_HISTORY_S`` seconds at the IMU
+        rate. Detectors call ``self.sink.event(...)`` for what they find. Nothing is called here yet.
+        """
+
+    def _count_reps(self, t_ns: np.ndarray, flexion_deg: np.ndarray) -> None:
+        for rep in self._reps.update(t_ns, flexion_deg):
             self.reps.append(rep)
             self.sink.event(JointEvent("rep", self.key.athlete, self.key.joint, self.key.session, rep.t_start_ns,
                                        0.0, "thigh+shank", 1.0, rep.peak_flexion_deg,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,12 +36,15 @@ class _Collector:
 
     def __init__(self) -> None:
         self.events: list[JointEvent] = []
-        self._angles: dict[tuple[str, str], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        self._angles: dict[tuple[str, str], tuple[list[np.ndarray], dict[str, list[np.ndarray]]]] = {}
 
-    def angles(self, key: JointKey, t_ns: np.ndarray, flexion_deg: np.ndarray) -> None:
-        ts, fs = self._angles.setdefault((key.athlete, key.joint), ([], []))
+    def angles(self, key: JointKey, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> None:
+        ts, series = self._angles.setdefault((key.athlete, key.joint), ([], {}))
+        n_before = sum(t.size for t in ts)
         ts.append(np.asarray(t_ns, np.int64))
-        fs.append(np.asarray(flexion_deg, float))
+        for name in set(series) | set(angles):  # a name missing from a block is NaN there
+            parts = series.setdefault(name, [np.full(n_before, np.nan)] if n_before else [])
+            parts.append(np.asarray(angles[name], float) if name in angles else np.full(len(t_ns), np.nan))
 
     def event(self, event: JointEvent) -> None:
         self.events.append(event)
@@ -49,22 +52,23 @@ class _Collector:
     def close(self) -> None:
         pass
 
-    def angle_series(self) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-        return {k: (np.concatenate(ts), np.concatenate(fs)) for k, (ts, fs) in self._angles.items()}
+    def angle_series(self) -> dict[tuple[str, str], tuple[np.ndarray, dict[str, np.ndarray]]]:
+        return {k: (np.concatenate(ts), {name: np.concatenate(p) for name, p in series.items()})
+                for k, (ts, series) in self._angles.items()}
 
 
 @dataclass
 class OfflineResult:
     """Everything one offline run found.
 
-    ``events`` in time order; ``angles[(athlete, joint)]`` = (t_ns Unix ns, knee flexion deg) at
+    ``events`` in time order; ``angles[(athlete, joint)]`` = (t_ns Unix ns, {angle name: deg}) at
     the angle store rate; ``reps[(athlete, joint)]``; ``origin_ns`` the wall time of t_s = 0;
     ``duration_s`` the time span of the analysed streams (s).
     """
 
     session: str
     events: list[JointEvent]
-    angles: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+    angles: dict[tuple[str, str], tuple[np.ndarray, dict[str, np.ndarray]]]
     reps: dict[tuple[str, str], list[Rep]]
     counters: dict[str, int]
     samples: dict[str, int]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,8 +19,11 @@ class JointKey:
 
 
 class ResultSink(Protocol):
-    def angles(self, key: JointKey, t_ns: np.ndarray, flexion_deg: np.ndarray) -> None:
-        """A block of knee flexion samples (degrees) at wall times ``t_ns`` (Unix ns)."""
+    def angles(self, key: JointKey, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> None:
+        """A block of joint-angle samples at wall times ``t_ns`` (Unix ns): named series of degrees, each
+        shaped like ``t_ns`` (knee: ``flexion_deg``, ``abduction_deg``, ``rotation_deg``; shoulder:
+        ``elevation_deg``, ``plane_deg``, ``rotation_deg``). NaN = not known at that sample (e.g. abduction
+        before the sensor-to-segment calibration completed)."""
 
     def event(self, event: JointEvent) -> None:
         """One detected event (click, rep, ...)."""
@@ -34,9 +38,9 @@ class FanOut:
     def __init__(self, *sinks: ResultSink) -> None:
         self.sinks = list(sinks)
 
-    def angles(self, key: JointKey, t_ns: np.ndarray, flexion_deg: np.ndarray) -> None:
+    def angles(self, key: JointKey, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> None:
         for s in self.sinks:
-            s.angles(key, t_ns, flexion_deg)
+            s.angles(key, t_ns, angles)
 
     def event(self, event: JointEvent) -> None:
         for s in self.sinks:

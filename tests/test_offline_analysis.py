@@ -78,10 +78,12 @@ def test_folder_analysis_finds_the_simulated_clicks(sim, direct, tmp_path, bits)
     # Reps and angles agree with the direct run too (IMU through CSV + per-frame scales).
     key = (sim.athlete, sim.joint)
     assert len(result.reps[key]) == len(direct.reps[key]) == sim.rep_count == 3
-    t_f, flex_f = result.angles[key]
-    t_d, flex_d = direct.angles[key]
+    t_f, ang_f = result.angles[key]
+    t_d, ang_d = direct.angles[key]
     np.testing.assert_array_equal(t_f, t_d)
-    assert np.abs(flex_f - flex_d).max() < 0.05  # degrees
+    for name in ("flexion_deg", "abduction_deg"):
+        np.testing.assert_array_equal(np.isnan(ang_f[name]), np.isnan(ang_d[name]))
+        assert np.nanmax(np.abs(ang_f[name] - ang_d[name]), initial=0.0) < 0.05  # degrees
     assert result.duration_s == pytest.approx(10.0)
     assert not {k: v for k, v in result.counters.items() if k.startswith("dropped") or k == "frames_missing"}
     assert sum(result.samples.values()) == 2 * (10 * 200 + 10 * 16000)

@@ -1,0 +1,129 @@
+"""Knee flexion, abduction (valgus) and rotation from the thigh and shank sensors, streaming.
+
+Stages per sample: orientation of each sensor (:class:`analysis.orientation.SegmentOrientation`,
+VQF in 6D: chosen as the most accurate open 6D filter on BROAD, with a maintained C++ core whose
+batch update carries its state; see ``bench/README.md``) -> the shank's samples interpolated at
+the thigh's times (:class:`analysis.sensor_pair.SensorPair`) -> sensor-to-segment calibration
+(:mod:`analysis.segment_calibration`) -> relative heading from the joint constraint
+(:mod:`analysis.hinge_heading`) -> joint angles in the simulator's convention (Grood & Suntay as
+a Cardan y-x-z sequence, see :func:`knee_angles_from_segments`).
+
+Before the calibration completes (standing >= 1 s, then the first reps of movement) the output is
+*provisional*: flexion from the sensors' sagittal inclinations assuming ideal mounting (off by up
+to the misalignment, a few degrees), abduction and rotation NaN (unknown, not zero). ``calibrated``
+tells which.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from analysis.hinge_heading import HeadingSettings, RelativeHeading
+from analysis.orientation import SegmentOrientation, sagittal_inclination_deg
+from analysis.segment_calibration import (
+    CalibrationSettings,
+    KneeCalibrator,
+    mounting_from_axes,
+    quat_wxyz_to_rotation,
+    rot_z,
+)
+from analysis.sensor_pair import SensorPair
+
+KNEE_ANGLES = ("flexion_deg", "abduction_deg", "rotation_deg")
+
+
+def side_sign(joint: str) -> float:
+    """+1 for a left joint ("left_knee"), -1 for a right one."""
+    side = joint.split("_", 1)[0].lower()
+    if side not in ("left", "right"):
+        raise ValueError(f"joint must start with left_ or right_, got {joint!r}")
+    return 1.0 if side == "left" else -1.0
+
+
+def knee_angles_from_segments(r_thigh: Rotation, r_shank: Rotation, joint: str) -> dict[str, np.ndarray]:
+    """Knee angles (deg) from thigh and shank segment -> world rotations (one common world frame).
+
+    ``R_thigh^T R_shank = R_y(flexion) R_x(s abduction) R_z(-s rotation)``, ``s`` = +1 left, -1 right:
+    flexion positive, abduction = valgus positive, rotation = tibial internal rotation positive
+    (the simulator's ``knee_angles_from_orientations``). scipy's intrinsic "YXZ" Euler angles are
+    exactly that sequence.
+    """
+    s = side_sign(joint)
+    e = np.degrees(np.atleast_2d((r_thigh.inv() * r_shank).as_euler("YXZ")))
+    return {"flexion_deg": e[:, 0], "abduction_deg": s * e[:, 1], "rotation_deg": -s * e[:, 2]}
+
+
+class KneeAngles:
+    """Feed each sensor's IMU frames (``update("thigh" | "shank", t_ns, accel_g, gyro_dps)``, sensor frame,
+    (n, 3)); get ``(t_ns, {"flexion_deg", "abduction_deg", "rotation_deg"})`` (deg) at the thigh's sample
+    times as soon as the shank covers them. Identical output however the data are cut into frames.
+    """
+
+    def __init__(self, rate_hz: float, joint: str = "left_knee",
+                 calibration: CalibrationSettings | None = None, heading: HeadingSettings | None = None) -> None:
+        self.joint = joint
+        side_sign(joint)
+        self.rate_hz = rate_hz
+        self._orient = {"thigh": SegmentOrientation(rate_hz), "shank": SegmentOrientation(rate_hz)}
+        self._pair = SensorPair("thigh", "shank", 10, (slice(0, 4),))
+        self.calibrator = KneeCalibrator(rate_hz, calibration)
+        self._heading_settings = heading
+        self.heading: RelativeHeading | None = None
+        self._fed = 0  # aligned samples given to the provisional stage
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibrator.result is not None
+
+    def update(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, gyro_dps: np.ndarray,
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        q = self._orient[sensor].update(accel_g, gyro_dps)
+        self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
+        t_out, th, sh = self._pair.pop()
+        out = {k: np.full(t_out.size, np.nan) for k in KNEE_ANGLES}
+        if not t_out.size:
+            return t_out, out
+        start = 0
+        if not self.calibrated:
+            rows = np.column_stack((th[:, 0:4], sh[:, 0:4], th[:, 4:7], sh[:, 4:7], th[:, 7:10], sh[:, 7:10]))
+            done = self.calibrator.feed(rows)
+            start = t_out.size if done is None else done
+            out["flexion_deg"][:start] = self._provisional_flexion(th[:start, 0:4], sh[:start, 0:4])
+            if done is not None:
+                assert self.calibrator.result is not None
+                self.heading = RelativeHeading(self.rate_hz, self.calibrator.result.heading_rad,
+                                               self._heading_settings)
+        if start < t_out.size:
+            angles = self._calibrated_angles(th[start:, 0:4], sh[start:, 0:4])
+            for k, v in angles.items():
+                out[k][start:] = v
+        return t_out, out
+
+    def _provisional_flexion(self, q_thigh: np.ndarray, q_shank: np.ndarray) -> np.ndarray:
+        """Flexion (deg) before calibration: difference of the segments' sagittal inclinations, with each
+        sensor's tilt on its segment corrected by the standing pose once that is seen (the mounting about
+        the long axis is taken as ideal), with ideal mounting before."""
+        n0 = self._fed
+        self._fed += q_thigh.shape[0]
+        flex = sagittal_inclination_deg(q_shank) - sagittal_inclination_deg(q_thigh)
+        stand_end, axes = self.calibrator.stand_end, self.calibrator.stand_axes
+        if stand_end is None or axes is None:
+            return flex
+        k = min(max(stand_end - n0, 0), flex.size)
+        if k < flex.size:
+            incl = []
+            for q, z in ((q_thigh[k:], axes[0]), (q_shank[k:], axes[1])):
+                m = mounting_from_axes(z, np.array([0.0, 1.0, 0.0]))
+                up = (quat_wxyz_to_rotation(q) * Rotation.from_matrix(m.T)).inv().apply([0.0, 0.0, 1.0])
+                incl.append(np.degrees(np.arctan2(-up[:, 0], up[:, 2])))
+            flex[k:] = incl[1] - incl[0]
+        return flex
+
+    def _calibrated_angles(self, q_thigh: np.ndarray, q_shank: np.ndarray) -> dict[str, np.ndarray]:
+        cal, heading = self.calibrator.result, self.heading
+        assert cal is not None and heading is not None
+        seg_t = quat_wxyz_to_rotation(q_thigh) * Rotation.from_matrix(cal.thigh_mounting.T)
+        seg_s = quat_wxyz_to_rotation(q_shank) * Rotation.from_matrix(cal.shank_mounting.T)
+        delta = heading.update(seg_t.apply([0.0, 1.0, 0.0]), seg_s.apply([0.0, 0.0, 1.0]))
+        return knee_angles_from_segments(seg_t, rot_z(delta) * seg_s, self.joint)
