@@ -19,10 +19,12 @@ class _Trace:
 
 
 class ImuContext:
-    """Holds the last ``keep_s`` seconds of |accel| and |gyro| of each sensor (sensor frame, any mounting)."""
+    """|accel| and |gyro| of each sensor (sensor frame, any mounting). The consumer drops what it no longer
+    needs with :meth:`trim`; at most ``max_keep_s`` seconds (behind each sensor's newest sample) are held in any
+    case, so IMU data arriving far ahead of the angles is still there when the angles catch up."""
 
-    def __init__(self, keep_s: float = 5.0) -> None:
-        self.keep_ns = int(keep_s * 1e9)
+    def __init__(self, max_keep_s: float = 120.0) -> None:
+        self.max_keep_ns = int(max_keep_s * 1e9)
         self._traces: dict[str, _Trace] = {}
 
     @property
@@ -37,8 +39,15 @@ class ImuContext:
         t = np.concatenate((tr.t_ns, np.asarray(t_ns, np.int64)))
         a = np.concatenate((tr.acc_g, np.linalg.norm(np.asarray(accel_g, float), axis=1)))
         g = np.concatenate((tr.gyro_dps, np.linalg.norm(np.asarray(gyro_dps, float), axis=1)))
-        keep = t >= t[-1] - self.keep_ns
+        keep = t >= t[-1] - self.max_keep_ns
         tr.t_ns, tr.acc_g, tr.gyro_dps = t[keep], a[keep], g[keep]
+
+    def trim(self, older_than_ns: int) -> None:
+        """Drop samples older than ``older_than_ns``."""
+        for tr in self._traces.values():
+            keep = tr.t_ns >= older_than_ns
+            if not keep.all():
+                tr.t_ns, tr.acc_g, tr.gyro_dps = tr.t_ns[keep], tr.acc_g[keep], tr.gyro_dps[keep]
 
     def covered_until_ns(self) -> int | None:
         """Newest time every known sensor has reached (None before any IMU data)."""

@@ -45,7 +45,7 @@ class InstabilitySettings:
     coupling_max_ratio: float = 0.3  # |rot rate| / |flex rate| above this is not coupling (an event, noise)
     impact_g: float = 3.0  # |accel| above this (g) in the veto window marks an impact
     impact_before_s: float = 0.2  # veto window before the onset, s
-    impact_after_s: float = 0.05  # ... and after it, s
+    impact_after_s: float = 0.1  # ... and after it (covers the smoothing window and the onset lead), s
     unloading_g: float = 0.9  # shank |accel| below this (g) around the collapse: the body drops
     imu_wait_s: float = 1.0  # wait at most this long for IMU data to cover a candidate, s
 

@@ -1,7 +1,17 @@
-"""Rep segmentation from the flexion angle with hysteresis; streaming, state carried."""
+"""Rep segmentation on a driving angle with hysteresis; streaming, state carried.
+
+The driving angle is knee flexion (0 = straight) or shoulder elevation (deg). Reps are excursions away from the
+rest posture: knee flexion rises from straight (squats, lunges, step-downs, landings, running strides); shoulder
+elevation rises from the front rack in an overhead press and falls from the dead hang in a pull-up. The counter
+works on the excursion ``x = direction * (angle - rest_deg)``: a rep starts when x rises above ``start_deg`` and
+ends when it falls back below ``end_deg``. For the knee ``rest_deg = 0`` and ``direction = +1``; for a shoulder
+both are learned (``rest_deg=None``: the median of the first ``rest_window_s``; ``direction=0``: the sign of the
+first excursion beyond ``start_deg``).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,9 +19,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RepSettings:
-    start_deg: float = 40.0  # a rep starts when flexion rises above this ...
-    end_deg: float = 20.0  # ... and ends when it falls back below this
-    min_duration_s: float = 0.4  # shorter excursions are not reps (a stumble, noise)
+    start_deg: float = 40.0  # a rep starts when the excursion rises above this (deg) ...
+    end_deg: float = 20.0  # ... and ends when it falls back below this (deg)
+    min_duration_s: float = 0.4  # shorter excursions are not reps (a stumble, noise), s
+    rest_deg: float | None = 0.0  # rest value of the driving angle (deg); None: learned from the first samples
+    direction: int = 1  # +1: reps raise the angle, -1: they lower it, 0: learned from the first excursion
+    rest_window_s: float = 0.5  # the rest value is the median of the first this-many seconds (rest_deg=None)
+
+
+SHOULDER_REPS = RepSettings(start_deg=40.0, end_deg=20.0, rest_deg=None, direction=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +36,9 @@ class Rep:
     t_start_ns: int
     t_end_ns: int
     t_peak_ns: int
-    peak_flexion_deg: float
-    min_flexion_deg: float  # lowest flexion between the previous rep and the end of this one (extension)
+    peak_flexion_deg: float  # extreme of the driving angle in the rep (knee: peak flexion; pull-up: top), deg
+    min_flexion_deg: float  # angle closest to rest between the previous rep and the end of this one (extension)
+    rom_deg: float = math.nan  # range of motion: |peak - min_flexion_deg|, deg
 
 
 @dataclass
@@ -29,33 +46,77 @@ class RepCounter:
     settings: RepSettings = field(default_factory=RepSettings)
 
     def __post_init__(self) -> None:
+        s = self.settings
         self._down = False
         self._start = 0
-        self._peak = -np.inf
+        self._peak = -np.inf  # in excursion units
         self._peak_t = 0
-        self._min = np.inf
+        self._min = np.inf  # in excursion units
         self.count = 0
+        self.rest_deg: float | None = s.rest_deg
+        self.direction = s.direction
+        self._pre_t: list[np.ndarray] = []  # samples held until the rest value / direction are known
+        self._pre_x: list[np.ndarray] = []
+
+    @property
+    def ready(self) -> bool:
+        """True once rest value and direction are known (excursions can be formed)."""
+        return self.rest_deg is not None and self.direction != 0
+
+    def excursion(self, angle_deg: np.ndarray) -> np.ndarray:
+        """Excursion from rest (deg, positive into the rep); requires :attr:`ready`."""
+        assert self.rest_deg is not None
+        return self.direction * (np.asarray(angle_deg, float) - self.rest_deg)
+
+    def angle(self, excursion_deg: float) -> float:
+        assert self.rest_deg is not None
+        return float(self.rest_deg + self.direction * excursion_deg)
 
     def update(self, t_ns: np.ndarray, flexion_deg: np.ndarray) -> list[Rep]:
-        """Take the next samples; return the reps completed in them. Loops over threshold
-        crossings only (a few per rep), never over samples."""
+        """Take the next samples of the driving angle (deg, times in ns); return the reps completed in them."""
+        if not self.ready:
+            self._pre_t.append(np.asarray(t_ns, np.int64))
+            self._pre_x.append(np.asarray(flexion_deg, float))
+            t_all, x_all = np.concatenate(self._pre_t), np.concatenate(self._pre_x)
+            if not self._learn(t_all, x_all):
+                return []
+            self._pre_t, self._pre_x = [], []
+            return self._update(t_all, self.excursion(x_all))
+        return self._update(np.asarray(t_ns, np.int64), self.excursion(flexion_deg))
+
+    def _learn(self, t: np.ndarray, x: np.ndarray) -> bool:
+        s = self.settings
+        if self.rest_deg is None:
+            if t.size == 0 or (t[-1] - t[0]) / 1e9 < s.rest_window_s:
+                return False
+            first = t <= t[0] + s.rest_window_s * 1e9
+            self.rest_deg = float(np.median(x[first]))
+        if self.direction == 0:
+            far = np.flatnonzero(np.abs(x - self.rest_deg) > s.start_deg)
+            if not far.size:
+                return False
+            self.direction = 1 if x[far[0]] > self.rest_deg else -1
+        return True
+
+    def _update(self, t_ns: np.ndarray, x: np.ndarray) -> list[Rep]:
+        """Loops over threshold crossings only (a few per rep), never over samples."""
         s = self.settings
         reps: list[Rep] = []
-        i, n = 0, flexion_deg.size
+        i, n = 0, x.size
         while i < n:
             if not self._down:
-                hits = np.flatnonzero(flexion_deg[i:] > s.start_deg)
+                hits = np.flatnonzero(x[i:] > s.start_deg)
                 j = i + int(hits[0]) if hits.size else n
                 if j > i:
-                    self._min = min(self._min, float(flexion_deg[i:j].min()))
+                    self._min = min(self._min, float(x[i:j].min()))
                 if not hits.size:
                     break
                 self._down, self._start, self._peak = True, int(t_ns[j]), -np.inf
                 i = j
             else:
-                hits = np.flatnonzero(flexion_deg[i:] < s.end_deg)
+                hits = np.flatnonzero(x[i:] < s.end_deg)
                 j = i + int(hits[0]) if hits.size else n
-                seg = flexion_deg[i:j]
+                seg = x[i:j]
                 if seg.size and seg.max() > self._peak:
                     k = int(seg.argmax())
                     self._peak, self._peak_t = float(seg[k]), int(t_ns[i + k])
@@ -65,7 +126,8 @@ class RepCounter:
                 self._down = False
                 if (end - self._start) / 1e9 >= s.min_duration_s:
                     self.count += 1
-                    reps.append(Rep(self.count, self._start, end, self._peak_t, self._peak, self._min))
+                    peak, low = self.angle(self._peak), self.angle(self._min)
+                    reps.append(Rep(self.count, self._start, end, self._peak_t, peak, low, abs(peak - low)))
                 self._min = np.inf
                 i = j
         return reps

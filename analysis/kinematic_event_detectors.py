@@ -1,0 +1,116 @@
+"""All kinematic detectors of one joint behind one streaming facade: reps and ROM, locking, valgus, instability.
+
+Wiring (``analysis/knee_pipeline.py``)::
+
+    kin = KinematicEvents("knee", "left", KinematicSettings())
+    kin.update_imu("shank", t_ns, accel_g, gyro_dps)            # raw IMU, any mounting (optional, improves
+    kin.update_imu("thigh", t_ns, accel_g, gyro_dps)            #  instability: impact veto, unloading)
+    for ev in kin.update_angles(t_ns, {"flexion_deg": f, "abduction_deg": a, "rotation_deg": r}):
+        sink.event(ev.to_joint_event(athlete, joint, session, stream_origin_ns))
+    ...
+    kin.finish()
+
+Shoulders: ``KinematicEvents("shoulder", side)`` with ``{"elevation_deg": e, "plane_deg": p}``: reps, ROM and
+restricted-range locking on the elevation. Angles in degrees, times in ns on the angle stream's clock; the
+results do not depend on how the stream is cut into chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.imu_context import ImuContext
+from analysis.instability_detector import InstabilityDetector, InstabilitySettings
+from analysis.kinematic_event import KinematicEvent
+from analysis.rep_counter import SHOULDER_REPS, Rep, RepCounter, RepSettings
+from analysis.rom_tracker import RomSettings, RomTracker
+from analysis.valgus_detector import ValgusDetector, ValgusSettings
+
+IMU_KEEP_NS = 5_000_000_000  # IMU history kept behind the newest angle sample: covers every look-back window
+
+
+@dataclass(frozen=True)
+class KinematicSettings:
+    valgus: ValgusSettings = field(default_factory=ValgusSettings)
+    instability: InstabilitySettings = field(default_factory=InstabilitySettings)
+    rom: RomSettings = field(default_factory=RomSettings)
+    rep: RepSettings | None = None  # None: knee flexion 40/20 deg; shoulder: rest and direction learned
+    emit_reps: bool = True  # also return one "rep" event per completed rep (ROM, peak valgus in details)
+
+
+class KinematicEvents:
+    """Streaming kinematic events of one joint (``joint_kind`` "knee" or "shoulder", ``side`` "left"/"right")."""
+
+    def __init__(self, joint_kind: str, side: str = "", settings: KinematicSettings | None = None) -> None:
+        if joint_kind not in ("knee", "shoulder"):
+            raise ValueError(f"joint_kind must be 'knee' or 'shoulder', got {joint_kind!r}")
+        self.joint_kind, self.side = joint_kind, side
+        s = self.settings = settings or KinematicSettings()
+        self.imu = ImuContext()
+        self.reps_counter = RepCounter(s.rep or (RepSettings() if joint_kind == "knee" else SHOULDER_REPS))
+        self.rom = RomTracker(s.rom)
+        self.valgus = ValgusDetector(s.valgus) if joint_kind == "knee" else None
+        self.instability = InstabilityDetector(s.instability, self.imu) if joint_kind == "knee" else None
+        self.reps: list[Rep] = []
+        self._pre: list[tuple[np.ndarray, np.ndarray]] = []  # driving angle held until its rest is known
+
+    @property
+    def driving_angle(self) -> str:
+        return "flexion_deg" if self.joint_kind == "knee" else "elevation_deg"
+
+    def update_imu(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, gyro_dps: np.ndarray) -> None:
+        """Raw IMU of one sensor: ``accel_g`` (n, 3) in g, ``gyro_dps`` (n, 3) in deg/s, sensor frame (any
+        mounting: only magnitudes are used). Feed it before (or with) the angles computed from it."""
+        self.imu.update(sensor, t_ns, accel_g, gyro_dps)
+
+    def update_angles(self, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> list[KinematicEvent]:
+        """The next chunk of joint angles (deg) at times ``t_ns`` (int64 ns); returns the events completed."""
+        t_ns = np.asarray(t_ns, np.int64)
+        if t_ns.size == 0:
+            return []
+        out: list[KinematicEvent] = []
+        if self.joint_kind == "knee":
+            f = np.asarray(angles["flexion_deg"], float)
+            a = np.asarray(angles.get("abduction_deg", np.zeros_like(f)), float)
+            r = np.asarray(angles.get("rotation_deg", np.zeros_like(f)), float)
+            assert self.valgus is not None and self.instability is not None
+            out += self.valgus.update(t_ns, f, a, r)
+            if "rotation_deg" in angles:
+                out += self.instability.update(t_ns, f, r)
+            self.imu.trim(int(t_ns[-1]) - IMU_KEEP_NS)
+        drive = np.asarray(angles[self.driving_angle], float)
+        reps = self.reps_counter.update(t_ns, drive)
+        rc = self.reps_counter
+        if rc.ready:
+            self._pre.append((t_ns, drive))
+            t_all = np.concatenate([p[0] for p in self._pre])
+            x_all = rc.excursion(np.concatenate([p[1] for p in self._pre]))
+            self._pre = []
+            out += self.rom.update(t_all, x_all)
+        else:
+            self._pre.append((t_ns, drive))
+        for rep in reps:
+            self.reps.append(rep)
+            out += self.rom.on_rep(rep, float(rc.excursion(np.array([rep.peak_flexion_deg]))[0]))
+            if self.settings.emit_reps:
+                out.append(self._rep_event(rep))
+        return sorted(out, key=lambda e: (e.t_ns, e.type))
+
+    def _rep_event(self, rep: Rep) -> KinematicEvent:
+        details: dict[str, float | int | None] = {
+            "index": rep.index, "t_end_ns": rep.t_end_ns, "t_peak_ns": rep.t_peak_ns,
+            "min_flexion_deg": round(rep.min_flexion_deg, 1) if np.isfinite(rep.min_flexion_deg) else None,
+            "rom_deg": round(rep.rom_deg, 1) if np.isfinite(rep.rom_deg) else None}
+        if self.valgus is not None:
+            pk = self.valgus.peak_between(rep.t_start_ns, rep.t_end_ns)
+            details["peak_valgus_deg"] = None if pk is None else round(pk[0], 1)
+            details["fppa_deg"] = None if pk is None else round(pk[1], 1)
+        return KinematicEvent("rep", rep.t_start_ns, float(rep.peak_flexion_deg), 1.0, details)
+
+    def finish(self) -> list[KinematicEvent]:
+        """End of stream: nothing is held back that would still become an event (episodes still open at the end
+        are incomplete and dropped)."""
+        return []

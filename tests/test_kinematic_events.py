@@ -1,0 +1,241 @@
+"""Kinematic detectors (valgus, instability, reps/ROM/locking) on hand-made signals and small simulated subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.kinematic_event_detectors import KinematicEvents
+from analysis.rep_counter import SHOULDER_REPS, RepCounter
+from analysis.valgus_detector import fppa_deg
+
+RATE = 200.0
+
+
+def min_jerk(keys: list[tuple[float, float]], t: np.ndarray) -> np.ndarray:
+    """Minimum-jerk path through (time s, value) keys, held before/after."""
+    kt, kv = np.array([k[0] for k in keys]), np.array([k[1] for k in keys])
+    i = np.clip(np.searchsorted(kt, t, side="right") - 1, 0, kt.size - 2)
+    u = np.clip((t - kt[i]) / (kt[i + 1] - kt[i]), 0.0, 1.0)
+    return kv[i] + (kv[i + 1] - kv[i]) * u**3 * (10 - 15 * u + 6 * u * u)
+
+
+def squats(n: int, t0: float = 1.5, down: float = 1.0, up: float = 0.9, pause: float = 1.0,
+           depth: float = 100.0) -> list[tuple[float, float]]:
+    keys, t = [(0.0, 0.0)], t0
+    for _ in range(n):
+        keys += [(t, 0.0), (t + down, depth), (t + down + 0.2, depth), (t + down + 0.2 + up, 0.0)]
+        t += down + 0.2 + up + pause
+    return keys
+
+
+def knee_angles(t: np.ndarray, flex: np.ndarray, coupling: float = 0.08) -> dict[str, np.ndarray]:
+    return {"flexion_deg": flex, "abduction_deg": 3.0 * (flex / 100.0) ** 2, "rotation_deg": coupling * flex}
+
+
+def run(kind: str, t: np.ndarray, angles: dict[str, np.ndarray], frame: int | None = None,
+        imu: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list:
+    kin = KinematicEvents(kind, "left")
+    t_ns = np.round(t * 1e9).astype(np.int64)
+    step = frame or t.size
+    out = []
+    for i in range(0, t.size, step):
+        sl = slice(i, i + step)
+        for name, (acc, gyr) in (imu or {}).items():
+            kin.update_imu(name, t_ns[sl], acc[sl], gyr[sl])
+        out += kin.update_angles(t_ns[sl], {k: v[sl] for k, v in angles.items()})
+    return out + kin.finish()
+
+
+def of(events: list, kind: str) -> list:
+    return [e for e in events if e.type == kind]
+
+
+# ---------------------------------------------------------------- instability
+
+
+def giving_way(t: np.ndarray, t0: float, drop: float = 30.0, rot: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Extra flexion ``drop`` in 0.2 s with a ``rot`` internal-rotation jerk in 0.1 s, hold, recover."""
+    f = min_jerk([(0, 0), (t0, 0), (t0 + 0.2, drop), (t0 + 0.45, drop), (t0 + 1.3, 0)], t)
+    r = min_jerk([(0, 0), (t0 + 0.01, 0), (t0 + 0.11, rot), (t0 + 0.45, rot), (t0 + 1.3, 0)], t)
+    return f, r
+
+
+def test_controlled_fast_squat_is_not_instability_but_giving_way_is():
+    t = np.arange(0, 20, 1 / RATE)
+    fast = min_jerk(squats(6, down=0.4, up=0.4, pause=0.4), t)  # fast but controlled: ~470 deg/s peak
+    ang = knee_angles(t, fast)
+    assert of(run("knee", t, ang), "instability") == []
+    extra_f, extra_r = giving_way(t, 9.3)  # a collapse during a descent, with the tibia twisting
+    ang = knee_angles(t, fast + extra_f)
+    ang["rotation_deg"] = ang["rotation_deg"] + extra_r
+    ev = of(run("knee", t, ang), "instability")
+    assert len(ev) == 1
+    assert abs(ev[0].t_ns / 1e9 - 9.3) < 0.1
+    assert ev[0].magnitude > 15.0
+
+
+def test_collapse_without_rotational_jerk_is_not_instability():
+    t = np.arange(0, 8, 1 / RATE)
+    extra_f, _ = giving_way(t, 4.0)
+    assert of(run("knee", t, knee_angles(t, extra_f)), "instability") == []
+
+
+def test_jump_landing_is_not_instability():
+    """Flight (free fall, ~0 g), a 10 g landing and a fast absorption with an angle artefact on impact."""
+    t = np.arange(0, 10, 1 / RATE)
+    f = min_jerk([(0, 0), (2.0, 0), (2.5, 80), (2.6, 80), (2.9, 4), (3.3, 10), (3.55, 55), (3.7, 55), (4.4, 0)], t)
+    ang = knee_angles(t, f)
+    # The estimator's rotation shakes on the impact: a 6 deg, 30 ms wobble.
+    ang["rotation_deg"] = ang["rotation_deg"] + 6.0 * np.exp(-(((t - 3.31) / 0.015) ** 2))
+    acc = np.tile([0.0, 0.0, 1.0], (t.size, 1))
+    acc[(t > 2.95) & (t < 3.28)] = 0.02
+    acc[(t >= 3.3) & (t < 3.33)] = [0.0, 0.0, 10.0]
+    gyr = np.zeros((t.size, 3))
+    imu = {"shank": (acc, gyr), "thigh": (acc, gyr)}
+    assert of(run("knee", t, ang, imu=imu), "instability") == []
+    # The same recording without the IMU (no impact veto) would be fooled: the veto is what protects it.
+    assert len(of(run("knee", t, ang), "instability")) == 1
+
+
+# ---------------------------------------------------------------- valgus
+
+
+def test_valgus_rep_vs_clean_rep_and_fppa():
+    t = np.arange(0, 16, 1 / RATE)
+    f = min_jerk(squats(4), t)
+    ang = knee_angles(t, f)
+    reps = RepCounter().update(np.round(t * 1e9).astype(np.int64), f)
+    assert len(reps) == 4
+    third = (t >= reps[2].t_start_ns / 1e9 - 0.5) & (t <= reps[2].t_end_ns / 1e9 + 0.3)
+    ang["abduction_deg"] = np.where(third, 12.0 * (f / 100.0) ** 2, ang["abduction_deg"])
+    ev = run("knee", t, ang)
+    val = of(ev, "valgus")
+    assert len(val) == 1
+    v = val[0]
+    assert reps[2].t_start_ns < v.t_ns < reps[2].t_end_ns
+    assert v.magnitude == pytest.approx(12.0, abs=0.3)
+    assert 0.3 < v.details["duration_s"] < 2.0
+    assert 0.0 < v.details["fppa_deg"] < 2 * v.magnitude
+    rep_ev = of(ev, "rep")
+    assert [e.details["peak_valgus_deg"] for e in rep_ev] == pytest.approx([3.0, 3.0, 12.0, 3.0], abs=0.3)
+
+
+def test_valgus_robust_to_abduction_offset_and_drift():
+    t = np.arange(0, 16, 1 / RATE)
+    f = min_jerk(squats(4), t)
+    ang = knee_angles(t, f)
+    ang["abduction_deg"] = ang["abduction_deg"] + 2.5 + 0.1 * t  # offset + 1.6 deg of drift over the session
+    assert of(run("knee", t, ang), "valgus") == []
+
+
+def test_fppa_geometry():
+    assert float(fppa_deg(0.0, 8.0)) == pytest.approx(8.0, abs=1e-6)
+    assert float(fppa_deg(60.0, 0.0)) == pytest.approx(0.0, abs=1e-6)
+    # In flexion the projection depends on the pose: shank pitch, flexion and tibial rotation all move it.
+    assert 0.0 < float(fppa_deg(60.0, 8.0)) < 8.0
+    assert float(fppa_deg(60.0, -8.0)) == pytest.approx(-float(fppa_deg(60.0, 8.0)))
+    assert float(fppa_deg(60.0, 8.0, 10.0)) != pytest.approx(float(fppa_deg(60.0, 8.0, 0.0)), abs=0.5)
+
+
+# ---------------------------------------------------------------- reps, ROM, locking
+
+
+def test_rep_that_stops_short_of_extension_is_locking():
+    t = np.arange(0, 20, 1 / RATE)
+    keys = squats(2) + [(8.3, 0.0), (9.3, 100.0), (9.5, 100.0), (10.4, 20.0), (11.9, 20.0), (12.3, 0.0)]
+    keys += [(k[0] + 12.9 - 1.5, k[1]) for k in squats(1)][1:]
+    f = min_jerk(keys, t)
+    ev = run("knee", t, knee_angles(t, f))
+    lock = of(ev, "locking")
+    assert len(lock) == 1, lock
+    assert 10.2 < lock[0].t_ns / 1e9 < 11.9
+    assert lock[0].magnitude == pytest.approx(20.0, abs=2.0)
+    assert len(of(ev, "rep")) == 4
+
+
+def test_shoulder_pull_up_restricted_rep_and_rom():
+    t = np.arange(0, 30, 1 / RATE)
+    keys, tt = [(0.0, 170.0)], 1.5
+    tops = [45.0, 48.0, 44.0, 70.0, 46.0]  # rep 4 stops 25 deg short of the top
+    for top in tops:
+        keys += [(tt, 170.0), (tt + 1.0, top), (tt + 1.2, top), (tt + 2.8, 170.0)]
+        tt += 3.8
+    e = min_jerk(keys, t)
+    ev = run("shoulder", t, {"elevation_deg": e, "plane_deg": np.full_like(e, 20.0)})
+    reps = of(ev, "rep")
+    assert [round(r.magnitude) for r in reps] == [45, 48, 44, 70, 46]
+    assert reps[0].details["rom_deg"] == pytest.approx(125.0, abs=1.0)
+    lock = of(ev, "locking")
+    assert len(lock) == 1 and lock[0].details["kind"] == "range"
+    assert reps[3].t_ns < lock[0].t_ns < reps[3].details["t_end_ns"]
+    assert lock[0].magnitude == pytest.approx(24.0, abs=3.0)
+    rc = RepCounter(SHOULDER_REPS)
+    rc.update(np.round(t * 1e9).astype(np.int64), e)
+    assert rc.direction == -1 and rc.rest_deg == pytest.approx(170.0)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def test_same_events_whole_or_in_50ms_frames():
+    t = np.arange(0, 24, 1 / RATE)
+    base = min_jerk(squats(6, down=0.5, up=0.5, pause=0.6), t)
+    extra_f, extra_r = giving_way(t, 7.7)
+    ang = knee_angles(t, base + extra_f)
+    ang["rotation_deg"] = ang["rotation_deg"] + extra_r
+    ang["abduction_deg"] = ang["abduction_deg"] + np.where((t > 9.5) & (t < 11.5), 9.0 * (base / 100.0) ** 2, 0.0)
+    rng = np.random.default_rng(1)
+    acc = np.tile([0.0, 0.0, 1.0], (t.size, 1)) + rng.normal(0, 0.02, (t.size, 3))
+    imu = {"shank": (acc, np.zeros((t.size, 3))), "thigh": (acc, np.zeros((t.size, 3)))}
+    whole = run("knee", t, ang, imu=imu)
+    framed = run("knee", t, ang, frame=10, imu=imu)
+    odd = run("knee", t, ang, frame=37, imu=imu)
+    assert {e.type for e in whole} >= {"valgus", "instability", "rep"}
+
+    def key(evs: list) -> list:
+        return sorted((e.t_ns, e.type, round(e.magnitude, 6)) for e in evs)
+
+    assert key(framed) == key(whole)
+    assert key(odd) == key(whole)
+
+
+# ---------------------------------------------------------------- targets on small simulated subsets
+
+
+def _scores(names: list[str], noise: bool = False):
+    import dataclasses
+    from pathlib import Path
+
+    from analysis.evaluation_metrics import Score
+    from bench.kinematic_events_dev import noisy_angles, run_session, score
+    from firmware_sim.scenario import load_scenario
+    from firmware_sim.session import simulate_session
+
+    total = Score()
+    for name in names:
+        sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / f"{name}.toml")
+        sc = dataclasses.replace(sc, sounds={"clicks": 0}, duration_s=min(sc.duration_s, 45.0))
+        s = simulate_session(sc)
+        total.add(score(s, run_session(s, noisy_angles(s, 7) if noise else s.truth_angles, frame=40)))
+    return total
+
+
+def test_valgus_target_subset():
+    total = _scores(["loaded_squat_valgus", "knee_squats_clean", "jump_landing_negative"], noise=True)
+    v = total.by_type["valgus"]
+    assert v.tp >= 3 and v.f1 >= 0.85, v.as_dict()
+
+
+def test_instability_target_subset():
+    total = _scores(["step_down_instability_locking", "fast_squat_negative", "jump_landing_negative",
+                     "running_impacts"], noise=True)
+    ins = total.by_type["instability"]
+    assert ins.tp >= 2 and ins.recall >= 0.9, ins.as_dict()
+    assert total.false_alarms_per_10min("instability") <= 2.0, ins.as_dict()
+
+
+def test_locking_subset():
+    total = _scores(["step_down_instability_locking", "pull_up_restricted"])
+    lk = total.by_type["locking"]
+    assert lk.tp == 2 and lk.precision >= 0.6, lk.as_dict()
