@@ -43,7 +43,7 @@ class InstabilitySettings:
     coupling_prior_weight_s: float = 2.0  # the prior counts like this many seconds of coupled movement at 100 deg/s
     coupling_min_rate_dps: float = 30.0  # samples slower than this (flexion) do not teach the coupling, deg/s
     coupling_max_ratio: float = 0.3  # |rot rate| / |flex rate| above this is not coupling (an event, noise)
-    impact_g: float = 3.0  # |accel| above this (g) in the veto window marks an impact
+    impact_g: float = 6.0  # |accel| above this (g) near the onset marks a landing (8-16 g; heel strikes ~3 g)
     impact_before_s: float = 0.2  # veto window before the onset, s
     impact_after_s: float = 0.1  # ... and after it (covers the smoothing window and the onset lead), s
     unloading_g: float = 0.9  # shank |accel| below this (g) around the collapse: the body drops
