@@ -11,6 +11,7 @@ Every fault is optional; an empty table means a perfect link. Keys (units in the
     reboot_at_s = 30.0                 # sensor reboots: ~1 s outage, then seq and sensor clock restart at 0
     battery_start_pct = 40.0           # battery level at session start, %
     battery_drain_pct_per_h = 20.0     # battery drain, % per hour
+    mic_codec = "adpcm"                # microphone encoding on the air: "pcm16" (default) | "adpcm" (IMA, 4:1)
 
     [link.shank]                       # optional per-sensor overrides (a table named after the sensor)
     reboot_at_s = 12.5
@@ -56,6 +57,9 @@ class LinkFaults:
     reboot_at_s: float | None = None  # session time of the reboot, s
     battery_start_pct: float = 100.0  # %
     battery_drain_pct_per_h: float = 0.0  # % per hour, >= 0
+    # Not a fault but a link setting the firmware is configured with (per sensor via [link.<sensor>]):
+    # the microphone encoding, a key of jointmon.packets.MIC_CODECS ("adpcm" is accepted for "ima_adpcm").
+    mic_codec: str = "pcm16"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "[link]") -> LinkFaults:
@@ -77,6 +81,8 @@ class LinkFaults:
                 kw[key] = value
             elif key == "disconnects":
                 kw[key] = _disconnects(name, value)
+            elif key == "mic_codec":
+                kw[key] = _mic_codec(name, value)
             else:
                 kw[key] = _number(name, value)
         faults = cls(**kw)
@@ -99,8 +105,8 @@ class LinkFaults:
 
     @property
     def active(self) -> bool:
-        """True when anything differs from a perfect link."""
-        return self != LinkFaults()
+        """True when anything differs from a perfect link (the microphone codec is a setting, not a fault)."""
+        return self.describe().keys() - {"mic_codec"} != set()
 
     @property
     def clock_rate(self) -> float:
@@ -138,6 +144,15 @@ class LinkFaults:
             if value != f.default:
                 out[f.name] = [list(p) for p in value] if f.name == "disconnects" else value
         return out
+
+
+def _mic_codec(where: str, value: object) -> str:
+    from jointmon.packets import MIC_CODECS
+
+    codec = {"adpcm": "ima_adpcm"}.get(value, value) if isinstance(value, str) else value
+    if codec not in MIC_CODECS:
+        raise ConfigError(f"{where} = {value!r}: must be one of {sorted(MIC_CODECS)} (or \"adpcm\")")
+    return str(codec)
 
 
 def _disconnects(where: str, value: object) -> tuple[tuple[float, float], ...]:

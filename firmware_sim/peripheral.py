@@ -25,6 +25,9 @@ packet is encoded:
 * battery: the status characteristic (JSON) is notified at the start, after a reboot and whenever the
   whole-percent battery level drops.
 * jitter: each notification is delivered up to ``jitter_ms`` late, never out of order (BLE is ordered).
+* ``mic_codec = "ima_adpcm"`` (a link setting): the microphone goes out as IMA ADPCM packets (stream type 3,
+  200 samples = 12.5 ms at 16 kHz per packet by default); the encoder state runs on across packets and
+  restarts at (0, 0) after a reboot, like firmware whose encoder lives in RAM.
 
 Arrival times: with ``realtime=False`` a two-argument callback gets ``(data, arrival_ns)`` where
 ``arrival_ns`` = :attr:`start_wall_ns` + delivery time in session seconds (the packet's last sample,
@@ -51,12 +54,13 @@ import numpy as np
 from firmware_sim.link_faults import FW_VERSION, REBOOT_OUTAGE_S, LinkFaults
 from firmware_sim.session import SensorSignals
 from jointmon.gatt import IMU_CHAR_UUID, MIC_CHAR_UUID, STATUS_CHAR_UUID
-from jointmon.packets import MAX_SAMPLES, StreamType, encode_packet
+from jointmon.packets import MAX_ADPCM_SAMPLES, MAX_SAMPLES, StreamType, encode_adpcm_packet, encode_packet
 
 STREAMS = ("imu", "mic")
 _STREAM_TYPE = {"imu": StreamType.IMU, "mic": StreamType.MIC_PCM16}
 _CHAR_TO_STREAM = {IMU_CHAR_UUID: "imu", MIC_CHAR_UUID: "mic", STATUS_CHAR_UUID: "status"}
 _ORDER = {"status": -1, "imu": 0, "mic": 1}  # tie-break at equal send times
+ADPCM_SAMPLES_PER_PACKET = 200  # 12.5 ms at 16 kHz, 118-byte packets: divides the 800-sample frame
 _YIELD_EVERY = 32  # packets between forced event-loop yields, so other tasks (the publisher) keep running
 
 Callback = Callable[..., None]
@@ -130,16 +134,19 @@ class SimulatedPeripheral:
         speed: float = 1.0,
         clock_offset_us: int = 0,
         imu_samples_per_packet: int = 10,
-        mic_samples_per_packet: int = 100,
+        mic_samples_per_packet: int | None = None,
         drop_packets: Sequence[tuple[str, int]] = (),
         faults: LinkFaults | None = None,
         seed: int = 0,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
+        adpcm = faults is not None and faults.mic_codec == "ima_adpcm"
+        if mic_samples_per_packet is None:  # the reference firmware's packet sizes (docs/protocol.md §2)
+            mic_samples_per_packet = ADPCM_SAMPLES_PER_PACKET if adpcm else 100
         per_packet = {"imu": imu_samples_per_packet, "mic": mic_samples_per_packet}
         for stream, k in per_packet.items():
-            limit = MAX_SAMPLES[_STREAM_TYPE[stream]]
+            limit = MAX_ADPCM_SAMPLES if stream == "mic" and adpcm else MAX_SAMPLES[_STREAM_TYPE[stream]]
             if not 0 < k <= limit:
                 raise ValueError(f"{stream}_samples_per_packet must be in 1..{limit}, got {k}")
         drops = set(drop_packets)
@@ -206,6 +213,7 @@ class SimulatedPeripheral:
                 # Same as Python's round() (half to even); first * 1e6 is exact in float64 for years of samples.
                 t0_us = offset_us + np.rint(first * 1_000_000 / rate).astype(np.int64)
                 lost_random = rng_drop.random(first.shape[0]) < faults.drop_rate
+                adpcm_state = (0, 0)  # the encoder restarts with the firmware
                 for seq in range(first.shape[0]):  # per packet, not per sample
                     t = float(t_send[seq])
                     lost = ""
@@ -213,8 +221,14 @@ class SimulatedPeripheral:
                         lost = "dropped"
                     elif faults.link_down(t):
                         lost = "link_down"
-                    pkt = None if lost else encode_packet(_STREAM_TYPE[stream], seq, int(t0_us[seq]), rate, code,
-                                                          taken[first[seq] : end[seq]])
+                    block = taken[first[seq] : end[seq]]
+                    if stream == "mic" and faults.mic_codec == "ima_adpcm":
+                        # Encoded even when lost: the firmware's encoder ran, the radio lost the packet.
+                        adpcm_pkt, adpcm_state = encode_adpcm_packet(seq, int(t0_us[seq]), rate, block, adpcm_state)
+                        pkt = None if lost else adpcm_pkt
+                    else:
+                        pkt = None if lost else encode_packet(_STREAM_TYPE[stream], seq, int(t0_us[seq]), rate, code,
+                                                              block)
                     entries.append((t, _ORDER[stream], seq, stream, int(end[seq] - first[seq]), pkt, lost))
                     packet_no += 1
                 self.samples_taken[stream] += len(idx)

@@ -16,12 +16,17 @@ Layout (little-endian), documented in ``docs/protocol.md``::
     ..     2*c*count samples  (int16, count x channels, raw sensor LSBs: lossless)
 
 Samples keep the sensor's raw int16 values so the frame is lossless and compact.
+
+Gap records (:class:`Gap`, JSON on ``jointmon/v1/gaps/...``) say what is missing before a frame flagged
+``FLAG_GAP_BEFORE``: how many samples, from when, for how long, and why (lost packets, or a reboot).
 """
 
 from __future__ import annotations
 
+import json
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,3 +108,58 @@ def decode_frame(payload: bytes | bytearray | memoryview) -> Frame:
         raise FrameError("bad_scale", f"scale {scale}")
     samples = np.frombuffer(payload, "<i2", count * channels, FRAME_HEADER.size + 8 * channels)
     return Frame(stream, seq, first, t0_ns, rate_hz, scale, samples.reshape(count, channels), flags)
+
+
+GAP_REASONS = ("lost", "reboot")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Samples of one stream that never reached the gateway (BLE loss, a disconnect, a sensor reboot).
+
+    Published (JSON, QoS 1) just before the frame that resumes the stream, which carries
+    ``FLAG_GAP_BEFORE`` and the same ``frame_seq``/``first_index``.
+    """
+
+    stream: StreamType
+    reason: str  # "lost": sequence gap, sensor clock continuous; "reboot": the sensor clock restarted
+    t_start_ns: int  # wall clock of the first missing sample, Unix ns
+    duration_ns: int  # wall-clock length of the gap, ns (t_start_ns + duration_ns = the next frame's t0_ns)
+    samples: int  # missing samples: exact from the sensor timestamps ("lost"), duration x rate ("reboot")
+    packets: int  # packets lost by sequence number (0 when the sequence restarted: "reboot")
+    frame_seq: int  # the frame that resumes the stream
+    first_index: int  # that frame's first_index
+    rate_hz: float  # nominal sample rate, Hz
+
+    def __post_init__(self) -> None:
+        if self.reason not in GAP_REASONS:
+            raise FrameError("bad_gap", f"reason {self.reason!r} (known: {', '.join(GAP_REASONS)})")
+        if self.samples < 0 or self.packets < 0 or self.duration_ns < 0:
+            raise FrameError("bad_gap", "negative samples, packets or duration")
+
+    @property
+    def duration_s(self) -> float:
+        return self.duration_ns / 1e9
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["stream"] = {StreamType.IMU: "imu", StreamType.MIC_PCM16: "mic"}[self.stream]
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> Gap:
+        """Parse a gap record; :class:`FrameError` ``bad_gap`` when it does not match the schema."""
+        try:
+            raw: Any = json.loads(payload)
+            if not isinstance(raw, dict):
+                raise TypeError("not a JSON object")
+            stream = {"imu": StreamType.IMU, "mic": StreamType.MIC_PCM16}[raw["stream"]]
+            ints = {k: raw[k] for k in ("t_start_ns", "duration_ns", "samples", "packets", "frame_seq", "first_index")}
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints.values()):
+                raise TypeError("integer fields must be integers")
+            rate = raw["rate_hz"]
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+                raise TypeError(f"rate_hz {rate!r}")
+            return cls(stream, str(raw["reason"]), rate_hz=float(rate), **ints)
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise FrameError("bad_gap", str(exc)) from None

@@ -3,6 +3,7 @@
 Templates are data, not string slicing spread through the code::
 
     jointmon/v1/data/{athlete}/{joint}/{sensor}/{stream}   binary data frames, QoS 1
+    jointmon/v1/gaps/{athlete}/{joint}/{sensor}/{stream}   JSON gap records (missing samples), QoS 1
     jointmon/v1/events/{athlete}/{joint}                   JSON events from the analysis, QoS 1
     jointmon/v1/status/{component}/{component_id}          JSON status, retained, with last will
     jointmon/v1/reports/{athlete}/{joint}                  JSON self-reports (pain, swelling), QoS 1
@@ -22,12 +23,14 @@ from jointmon.errors import TopicError
 
 ROOT = "jointmon/v1"
 DATA_TEMPLATE = ROOT + "/data/{athlete}/{joint}/{sensor}/{stream}"
+GAPS_TEMPLATE = ROOT + "/gaps/{athlete}/{joint}/{sensor}/{stream}"
 EVENTS_TEMPLATE = ROOT + "/events/{athlete}/{joint}"
 STATUS_TEMPLATE = ROOT + "/status/{component}/{component_id}"
 REPORTS_TEMPLATE = ROOT + "/reports/{athlete}/{joint}"
 GRADES_TEMPLATE = ROOT + "/grades/{athlete}/{joint}"
 
 DATA_SUBSCRIPTION = ROOT + "/data/#"
+GAPS_SUBSCRIPTION = ROOT + "/gaps/#"
 EVENTS_SUBSCRIPTION = ROOT + "/events/#"
 STATUS_SUBSCRIPTION = ROOT + "/status/#"
 REPORTS_SUBSCRIPTION = ROOT + "/reports/#"
@@ -79,6 +82,16 @@ def _parse(template: str, topic: str) -> dict[str, str]:
 
 def parse_data_topic(topic: str) -> DataTopic:
     return DataTopic(**_parse(DATA_TEMPLATE, topic))
+
+
+def gaps_topic(data: DataTopic) -> str:
+    """Where the gateway publishes the :class:`jointmon.frames.Gap` records of the stream ``data``."""
+    return GAPS_TEMPLATE.format(athlete=data.athlete, joint=data.joint, sensor=data.sensor, stream=data.stream)
+
+
+def parse_gaps_topic(topic: str) -> DataTopic:
+    """The stream a gaps topic is about (as its data topic)."""
+    return DataTopic(**_parse(GAPS_TEMPLATE, topic))
 
 
 def events_topic(athlete: str, joint: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jointmon.errors import LinkError, PacketError
-from jointmon.frames import Frame
+from jointmon.frames import Frame, Gap
 from jointmon.gatt import CONTROL_CHAR_UUID, CONTROL_START, STATUS_CHAR_UUID, STREAM_CHAR_UUID
 from jointmon.packets import StreamType, decode_packet
 from jointmon.ratelimit import RateLimitedLog
@@ -49,6 +49,10 @@ class FramePublisher(Protocol):
     def publish_frame(self, topic: DataTopic, frame: Frame) -> None: ...
 
     def publish_status(self, state: str) -> None: ...
+
+    def publish_gap(self, topic: DataTopic, gap: Gap) -> None:
+        """A gap record of the stream ``topic`` (published just before the frame that resumes it)."""
+        ...
 
 
 class GatewayTap(Protocol):
@@ -97,12 +101,17 @@ class SensorDecoder:
             self.counters[f"rejected_{exc.reason}"] += 1
             self._warn.warning(exc.reason, "%s: packet rejected (%s)", self.name, exc)
             return []
+        self.counters["packets_decoded"] += 1  # received = decoded + sum of rejected_<reason>
         topic = self.topics[expected]
         return [(topic, frame) for frame in self.assemblers[expected].push(pkt, arrival_ns)]
 
     def flush(self) -> list[tuple[DataTopic, Frame]]:
         """Frames still pending in every stream (the link ended)."""
         return [(self.topics[s], f) for s, a in self.assemblers.items() for f in a.flush()]
+
+    def take_gaps(self) -> list[tuple[DataTopic, Gap]]:
+        """Gap records completed by the last push/flush (each belongs before its stream's next frame)."""
+        return [(self.topics[s], g) for s, a in self.assemblers.items() for g in a.take_gaps()]
 
     def stream_counters(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -164,7 +173,10 @@ class Gateway:
 
     def _on_packet(self, state: _SensorState, expected: StreamType, data: bytes, arrival_ns: int | None = None) -> None:
         arrival_ns = self._stamp(state, STREAM_TOPIC_NAME[expected], data, arrival_ns)
-        for topic, frame in state.decoder.push(expected, data, arrival_ns):
+        frames = state.decoder.push(expected, data, arrival_ns)
+        for topic, gap in state.decoder.take_gaps():  # before the frames: a gap precedes its resuming frame
+            self.publisher.publish_gap(topic, gap)
+        for topic, frame in frames:
             self.publisher.publish_frame(topic, frame)
 
     def _on_status(self, state: _SensorState, data: bytes, arrival_ns: int | None = None) -> None:
@@ -212,7 +224,10 @@ class Gateway:
         finally:
             if self.recorder is not None:  # marks where the flush below happened, for an exact replay
                 self.recorder.on_link_event(state.index, "end", max(time.time_ns(), state.last_arrival_ns))
-            for topic, frame in state.decoder.flush():
+            frames = state.decoder.flush()
+            for topic, gap in state.decoder.take_gaps():
+                self.publisher.publish_gap(topic, gap)
+            for topic, frame in frames:
                 self.publisher.publish_frame(topic, frame)
             await link.disconnect()
 

@@ -10,10 +10,10 @@ from collections import Counter
 
 from jointmon.config import MqttSettings
 from jointmon.const import MQTT_QOS
-from jointmon.frames import Frame, encode_frame
+from jointmon.frames import Frame, Gap, encode_frame
 from jointmon.messages import Status
 from jointmon.mqtt_client import ConnectionWaiter, connect, make_client
-from jointmon.topics import DataTopic, status_topic
+from jointmon.topics import DataTopic, gaps_topic, status_topic
 
 log = logging.getLogger("jointmon.gateway.mqtt")
 
@@ -54,6 +54,12 @@ class MqttPublisher:
         status = Status("gateway", self.gateway_id, state, time.time_ns(),
                         counters=dict(self.counters + self.extra_counters))
         self.client.publish(self.status_topic, status.to_json(), qos=MQTT_QOS, retain=True)
+
+    def publish_gap(self, topic: DataTopic, gap: Gap) -> None:
+        """A gap record (JSON, QoS 1) on ``jointmon/v1/gaps/...``. Rare and small: sent directly, not
+        through the frame queue (paho keeps QoS 1 messages while the broker is away)."""
+        self.client.publish(gaps_topic(topic), gap.to_json(), qos=MQTT_QOS)
+        self.counters["gaps_published"] += 1
 
     def _on_publish(self, client: object, userdata: object, mid: int, reason: object, properties: object) -> None:
         with self._acked:

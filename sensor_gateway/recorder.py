@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jointmon.errors import PacketError
-from jointmon.frames import Frame
+from jointmon.frames import Frame, Gap
 from jointmon.packets import StreamType, decode_packet
 from jointmon.recording import FLAG_LINK_TIME, RecordedSensor, Recording, RecordingWriter
 from jointmon.topics import DataTopic
@@ -137,6 +137,7 @@ class FrameCollector:
     def __init__(self, keep: bool = False) -> None:
         self.keep = keep
         self.frames: list[tuple[DataTopic, Frame]] = []
+        self.gaps: list[tuple[DataTopic, Gap]] = []
         self.counters: Counter[str] = Counter()
         self.extra_counters: Counter[str] = Counter()
 
@@ -148,6 +149,11 @@ class FrameCollector:
 
     def publish_status(self, state: str) -> None:
         pass
+
+    def publish_gap(self, topic: DataTopic, gap: Gap) -> None:
+        self.counters["gaps_published"] += 1
+        if self.keep:
+            self.gaps.append((topic, gap))
 
 
 def frames_from_recording(recording: Recording, *, offset_ns: int = 0,

@@ -89,17 +89,19 @@ def test_sensor_reboot_restarts_the_stream():
     assert np.all(np.diff([f.frame_seq for f in frames]) == 1)  # subscribers still see no frame loss
 
 
-def test_clock_map_anchors_on_the_first_packet():
+def test_clock_map_takes_the_fastest_packet_not_the_first():
     clock = ClockMap()
     asm = StreamAssembler(StreamType.MIC_PCM16, clock)
     p = mic_packets(8, t_start_us=123_456)
+    delays_ms = [9, 4, 12, 1, 7, 3, 15, 6]  # BLE delivery delays: packet 3 came through (nearly) at once
     frames = []
-    for k, pkt in enumerate(p):
-        # Later packets arrive with jitter; only the first one sets the offset.
-        frames += asm.push(pkt, ARRIVAL + k * 7_000_000 + (k % 3) * 1_000_000)
-    last_sample_us = 123_456 + (99 * 1_000_000 + RATE - 1) // RATE  # t0 + 99 samples, as the assembler rounds
-    assert clock.offset_ns == ARRIVAL - round(last_sample_us) * 1000
-    assert frames[0].t0_ns == clock.offset_ns + 123_456_000
+    for pkt, d in zip(p, delays_ms, strict=True):
+        last_us = pkt.t0_us + round(99 * 1e6 / RATE)
+        frames += asm.push(pkt, ARRIVAL + last_us * 1000 + d * 1_000_000)
+    frames += asm.flush()
+    # The lower envelope of (arrival - sensor time): the 1 ms packet, not the first one (9 ms).
+    assert clock.offset_ns == ARRIVAL + 1_000_000
+    assert frames[0].t0_ns == ARRIVAL + 1_000_000 + 123_456_000
 
 
 def test_reboot_reanchors_the_clock():
@@ -114,7 +116,11 @@ def test_reboot_reanchors_the_clock():
     for p in after:
         frames += asm.push(p, later)
     frames += asm.flush()
-    # The frames after the reboot are placed at the time they arrived, not 5 s in the past.
+    # The frames after the reboot are placed at the time they arrived, not 5 s in the past: all 8
+    # packets (50 ms of samples) arrived at once, so the first sample is 50 ms before that.
     assert frames[-1].flags & FLAG_GAP_BEFORE or frames[-2].flags & FLAG_GAP_BEFORE
     restarted = [f for f in frames if f.first_index == 0][-1]
-    assert abs(restarted.t0_ns - later) < 10_000_000
+    assert abs(restarted.t0_ns - (later - 49_938_000)) < 1_000
+    # ... and the reboot is reported as a gap ending there.
+    gaps = asm.take_gaps()
+    assert [g.reason for g in gaps] == ["reboot"] and gaps[0].t_start_ns + gaps[0].duration_ns == restarted.t0_ns
