@@ -17,6 +17,10 @@ Printed per event type and overall: n, p50, p95, p99, max. Two kinds of event ar
 * ``rep`` events are published when the rep has ended, but carry the rep's start as ``t_ns``:
   their latency from onset is the rep's duration. They are shown from onset and from the rep's end
   (``t_ns + details.duration_s``), and only the latter enters "overall".
+* ``jointmon replay`` shifts the recorded times by a whole number of seconds (bit-exact sample grid),
+  so its sample times trail the real clock by a random 0..1 s: an artifact, not latency. The
+  benchmark replays through the same gateway and replay code, but with the exact shift
+  (``--whole-seconds`` restores the CLI's behaviour).
 * events published when the analysis is stopped (detections pending at the end of the stream,
   flushed by ``finish()``) are counted as ``flushed at end`` and not in the percentiles.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -33,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +65,7 @@ ANALYSIS_START_TIMEOUT_S = 30.0  # the analysis process imports numpy/scipy/vqf 
 ANALYSIS_STOP_TIMEOUT_S = 60.0
 QUIET_S = 1.0  # after the source ends: no event for this long means the analysis has caught up
 DRAIN_MAX_S = 10.0
+SOURCE_GRACE_S = 60.0  # a source still running this long after its duration is stuck: stopped, an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,25 +204,28 @@ class LatencyReport:
 
 
 def latency_report(received: list[Received]) -> LatencyReport:
-    """Group by event type; reps from onset and from end; overall = every type, reps from their end."""
+    """Group by event type; interval events (``details.duration_s``: reps, crepitus trains) both from
+    onset and from their end. Overall: reps from their end (a rep is an event once it has ended),
+    every other type from its onset."""
     live = [r for r in received if not r.flushed]
+    interval = {r.event.type for r in live if r.latency_from_end_ms != r.latency_ms}
     by_type: dict[str, list[float]] = {}
     overall: list[float] = []
     for r in live:
-        if r.event.type == "rep":
-            by_type.setdefault("rep (from onset)", []).append(r.latency_ms)
-            by_type.setdefault("rep (from end)", []).append(r.latency_from_end_ms)
-            overall.append(r.latency_from_end_ms)
+        t = r.event.type
+        if t in interval:
+            by_type.setdefault(f"{t} (from onset)", []).append(r.latency_ms)
+            by_type.setdefault(f"{t} (from end)", []).append(r.latency_from_end_ms)
         else:
-            by_type.setdefault(r.event.type, []).append(r.latency_ms)
-            overall.append(r.latency_ms)
+            by_type.setdefault(t, []).append(r.latency_ms)
+        overall.append(r.latency_from_end_ms if t == "rep" else r.latency_ms)
     rows = [LatencyRow.of(name, v) for name, v in sorted(by_type.items())]
     split = []
     timed = [r for r in live if r.emitted_ns is not None]
     for t in sorted({r.event.type for r in timed}):
         of_t = [r for r in timed if r.event.type == t]
-        end = [r.latency_ms - r.latency_from_end_ms for r in of_t]  # 0 except for interval events (reps)
-        split.append((LatencyRow.of(t + (" (from end)" if any(end) else ""),
+        end = [r.latency_ms - r.latency_from_end_ms for r in of_t]  # 0 except for interval events
+        split.append((LatencyRow.of(t + (" (from end)" if t in interval else ""),
                                     [(r.emitted_ns - r.event.t_ns) / 1e6 - e for r, e in zip(of_t, end, strict=True)]),
                       LatencyRow.of(t, [(r.recv_ns - r.emitted_ns) / 1e6 for r in of_t])))  # type: ignore[operator]
     return LatencyReport(rows, LatencyRow.of("overall", overall), Counter(r.event.type for r in received if r.flushed),
@@ -238,9 +248,10 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def run_source(probe: EventLatencyProbe, url: str, source_cmd: list[str], name: str, duration_s: float,
-               workdir: Path, bar: tqdm | None = None) -> None:
+               workdir: Path, bar: tqdm | None = None) -> dict[str, float]:
     """Run the analysis service and one source (replay or simulation) as processes; the probe records
-    every event. Raises RuntimeError (with the processes' log tails) if one fails."""
+    every event. Raises RuntimeError (with the processes' log tails) if one fails. Returns
+    diagnostics: the host's 1-minute load average at the end (``load_1min``)."""
     worker = f"bench-{name}"
     analysis_log = workdir / f"{name}.analysis.log"
     source_log = workdir / f"{name}.source.log"
@@ -257,7 +268,7 @@ def run_source(probe: EventLatencyProbe, url: str, source_cmd: list[str], name: 
         probe.source, probe.flushing = name, False
         with source_log.open("wb") as slog:
             source = subprocess.Popen(source_cmd, stdout=slog, stderr=subprocess.STDOUT, cwd=REPO)
-        _follow(source, duration_s, bar)
+        _follow(source, duration_s, bar, source_log)
         if source.returncode != 0:
             raise RuntimeError(f"source {' '.join(source_cmd)} exited with {source.returncode}:\n{_tail(source_log)}")
         # Let the analysis catch up (events still in flight are live events), then stop it.
@@ -272,14 +283,22 @@ def run_source(probe: EventLatencyProbe, url: str, source_cmd: list[str], name: 
         if analysis.poll() is None:
             analysis.kill()
             analysis.wait()
+    return {"load_1min": os.getloadavg()[0]}
 
 
 def run_source_in_process(probe: EventLatencyProbe, url: str, source_cmd: list[str], name: str, duration_s: float,
-                          workdir: Path, bar: tqdm | None = None) -> None:
+                          workdir: Path, bar: tqdm | None = None) -> dict[str, float]:
     """As :func:`run_source`, with the analysis service in this process, so each event's emission
-    time is known too: latency = detection part (emitted - onset) + publish part (received - emitted)."""
+    time is known too: latency = detection part (emitted - onset) + publish part (received - emitted).
+    Diagnostics also hold ``max_queue_frames``, the deepest backlog of frames waiting for the
+    analysis worker (a growing backlog: the analysis is behind real time, e.g. starved of CPU), and
+    ``frame_lag_p50_ms`` / ``frame_lag_p99_ms``: how late each data frame reaches the analysis after
+    its last sample (frame length + BLE/gateway/replay + broker; a replay starved of CPU falls behind
+    its schedule while the sample times stay on it)."""
     from analysis.mqtt_service import AnalysisService
     from analysis.results_store import SqliteResults
+    from jointmon.errors import FrameError
+    from jointmon.frames import decode_frame
 
     emitted: dict[tuple[str, int, str], int] = {}
 
@@ -288,6 +307,20 @@ def run_source_in_process(probe: EventLatencyProbe, url: str, source_cmd: list[s
 
     service = AnalysisService(MqttSettings.from_url(url), SqliteResults(workdir / f"{name}.sqlite"), name,
                               f"bench-{name}", on_event=on_event)
+    frame_lag_ms: list[float] = []
+    on_message = service.client.on_message
+
+    def timed_on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        now = time.time_ns()
+        if "/data/" in msg.topic:
+            try:
+                f = decode_frame(msg.payload)
+                frame_lag_ms.append((now - f.t0_ns - round(f.count * 1e9 / f.rate_hz)) / 1e6)
+            except FrameError:
+                pass
+        on_message(client, userdata, msg)  # type: ignore[misc]
+
+    service.client.on_message = timed_on_message
     service.start()
     n0 = len(probe.received)
     try:
@@ -295,7 +328,13 @@ def run_source_in_process(probe: EventLatencyProbe, url: str, source_cmd: list[s
         source_log = workdir / f"{name}.source.log"
         with source_log.open("wb") as slog:
             source = subprocess.Popen(source_cmd, stdout=slog, stderr=subprocess.STDOUT, cwd=REPO)
-        _follow(source, duration_s, bar)
+        max_queue = 0
+
+        def sample_queue() -> None:
+            nonlocal max_queue
+            max_queue = max(max_queue, service._queue.qsize())
+
+        _follow(source, duration_s, bar, source_log, sample_queue)
         if source.returncode != 0:
             raise RuntimeError(f"source {' '.join(source_cmd)} exited with {source.returncode}:\n{_tail(source_log)}")
         service.wait_quiet(QUIET_S, DRAIN_MAX_S)
@@ -309,19 +348,49 @@ def run_source_in_process(probe: EventLatencyProbe, url: str, source_cmd: list[s
             r = probe.received[i]
             probe.received[i] = Received(r.recv_ns, r.event, r.source, r.flushed,
                                          emitted.get((r.event.type, r.event.t_ns, r.event.sensor)))
+    lag = np.percentile(frame_lag_ms, [50, 99]) if frame_lag_ms else [float("nan")] * 2
+    return {"load_1min": os.getloadavg()[0], "max_queue_frames": max_queue, "frame_lag_p50_ms": float(lag[0]),
+            "frame_lag_p99_ms": float(lag[1])}
 
 
-def _follow(source: subprocess.Popen[bytes], duration_s: float, bar: tqdm | None) -> None:
-    """Wait for ``source`` to end, advancing ``bar`` by wall time up to ``duration_s``."""
+def _follow(source: subprocess.Popen[bytes], duration_s: float, bar: tqdm | None, log_path: Path,
+            on_tick: Callable[[], None] | None = None) -> None:
+    """Wait for ``source`` to end, advancing ``bar`` by wall time up to ``duration_s``; RuntimeError if
+    it runs :data:`SOURCE_GRACE_S` longer than ``duration_s`` (it is then terminated)."""
     t0, done = time.monotonic(), 0.0
     while source.poll() is None:
         time.sleep(0.2)
+        if on_tick is not None:
+            on_tick()
+        if time.monotonic() - t0 > duration_s + SOURCE_GRACE_S:
+            source.terminate()
+            try:
+                source.wait(5)
+            except subprocess.TimeoutExpired:
+                source.kill()
+                source.wait()
+            raise RuntimeError(f"the source was still running {SOURCE_GRACE_S:.0f} s after its {duration_s:.0f} s; "
+                               f"stopped. Its log:\n{_tail(log_path)}")
         if bar is not None:
             step = min(time.monotonic() - t0, duration_s) - done
             bar.update(step)
             done += step
     if bar is not None:
         bar.update(duration_s - done)
+
+
+def replay_worker(file: str, url: str, speed: float) -> int:
+    """``jointmon replay FILE`` with the replayed times shifted by exactly (replay start - recording
+    start) instead of whole seconds, so a sample's wall time is when it is really replayed."""
+    import firmware_sim.replay as replay
+    from jointmon.cli import main as jointmon_main
+
+    def exact_offset_ns(first_arrival_ns: int, now_ns: int | None = None) -> int:
+        return (time.time_ns() if now_ns is None else now_ns) - first_arrival_ns
+
+    replay.replay_offset_ns = exact_offset_ns  # looked up when the first record is delivered
+    return jointmon_main(["--log-level", "WARNING", "replay", file, "--speed", str(speed), "--mqtt", url,
+                          "--no-progress", "--gateway-id", "gw-bench"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,10 +405,15 @@ def main(argv: list[str] | None = None) -> int:
                    "[%(default)s: real time, as the target is defined]")
     p.add_argument("--in-process", action="store_true", help="run the analysis service in this process, to split "
                    "each latency into detection (emitted - onset) and publishing (received - emitted)")
+    p.add_argument("--whole-seconds", action="store_true", help="replay exactly as `jointmon replay` does, with "
+                   "times shifted by whole seconds (adds a random 0..1 s to every latency)")
+    p.add_argument("--replay-worker", nargs=2, metavar=("FILE", "URL"), help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="FILE", help="also write the figures (overall, per type, per source) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
+    if args.replay_worker:
+        return replay_worker(*args.replay_worker, args.speed)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.speed > 0:
         p.error("--speed must be positive")
@@ -354,8 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     sources: list[tuple[str, list[str], float]] = []
     for f in args.recordings:
         duration = read_recording(f).duration_s
-        sources.append((Path(f).stem, _jointmon("replay", f, "--speed", str(args.speed), "--mqtt", "{url}",
-                                                "--no-progress", "--gateway-id", "gw-bench"), duration))
+        if args.whole_seconds:
+            cmd = _jointmon("replay", f, "--speed", str(args.speed), "--mqtt", "{url}", "--no-progress",
+                            "--gateway-id", "gw-bench")
+        else:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--replay-worker", f, "{url}", "--speed",
+                   str(args.speed)]
+        sources.append((Path(f).stem, cmd, duration))
     if simulate_s:
         sources.append((f"sim-{args.seed}", _jointmon("simulate", "--mqtt", "{url}", "--duration", str(simulate_s),
                                                       "--seed", str(args.seed), "--clicks", str(args.clicks),
@@ -372,18 +451,29 @@ def main(argv: list[str] | None = None) -> int:
         for name, cmd, duration in sources:
             bar.set_description(name)
             run = run_source_in_process if args.in_process else run_source
-            run(probe, broker.url, [c.replace("{url}", broker.url) for c in cmd], name,
-                       duration / args.speed, Path(tmp), bar)
-            per_source[name] = latency_report([r for r in probe.received if r.source == name]).as_dict()
+            try:
+                diag = run(probe, broker.url, [c.replace("{url}", broker.url) for c in cmd], name,
+                           duration / args.speed, Path(tmp), bar)
+            except RuntimeError as exc:
+                print(f"latency: error: {name}: {exc}", file=sys.stderr)
+                return 2
+            per_source[name] = {**latency_report([r for r in probe.received if r.source == name]).as_dict(),
+                                **diag}
         received = list(probe.received)
         malformed = probe.counters["malformed"]
     report = latency_report(received)
     for name, figures in per_source.items():
         o = figures["overall"]
         assert isinstance(o, dict)
+        queue = (f", analysis backlog up to {figures['max_queue_frames']} frames; data frames reach the analysis "
+                 f"{figures['frame_lag_p50_ms']:.0f} ms (p50), {figures['frame_lag_p99_ms']:.0f} ms (p99) after their "
+                 "last sample" if "max_queue_frames" in figures else "")
         print(f"{name}: n={o['n']} p50 {o['p50_ms']:.1f} ms, p95 {o['p95_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, "
-              f"max {o['max_ms']:.1f} ms")
+              f"max {o['max_ms']:.1f} ms; load average {figures['load_1min']:.1f} on {os.cpu_count()} CPUs{queue}")
     print(report.table())
+    if max(float(f["load_1min"]) for f in per_source.values()) > (os.cpu_count() or 1):  # type: ignore[arg-type]
+        print("note: the host was busier than its CPUs (load average above the CPU count): the figures include "
+              "waiting for a CPU")
     if malformed:
         print(f"{malformed} malformed event message(s) dropped")
     if args.json:
