@@ -146,3 +146,24 @@ def test_decoder_is_much_faster_than_real_time() -> None:
             _, state = adpcm.decode(data[start // 2:], 200, state)
     per_second_s = (time.perf_counter() - t) / 3
     assert per_second_s < 0.1  # > 10x real time even on a loaded CI core (measured ~180x)
+
+
+def test_standard_set_adpcm_variant_changes_only_the_codec(tmp_path) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from firmware_sim.scenario import load_scenario
+
+    repo = Path(__file__).resolve().parents[1]
+    for codec in ("pcm16", "adpcm"):
+        proc = subprocess.run([sys.executable, str(repo / "bench/standard_set.py"), "--out", str(tmp_path / codec),
+                               "--scenarios-only", "--sessions", "6", "--mic-codec", codec],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    for f in sorted((tmp_path / "pcm16").glob("s*.toml")):
+        pcm, adp = (tomllib.loads(p.read_text()) for p in (f, tmp_path / "adpcm" / f.name))
+        assert adp["link"].pop("mic_codec") == "adpcm" and "mic_codec" not in pcm["link"]
+        assert adp == pcm
+        assert LinkFaults.from_dict(load_scenario(tmp_path / "adpcm" / f.name).link).mic_codec == "ima_adpcm"
