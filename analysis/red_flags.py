@@ -131,6 +131,15 @@ def _exercise(name: str) -> str:
     return words if words.endswith("s") else words + "s"
 
 
+def _sound_label(counts: Mapping[str, int]) -> str:
+    """"click rate" when every joint sound was a click, else "joint-sound rate (2 clicks, 8 snaps)"."""
+    parts = [_plural(int(counts.get(t, 0)), t) if t != "crepitus" else f"{int(counts.get(t, 0))} crepitus"
+             for t in SOUND_TYPES if counts.get(t)]
+    if not any(counts.get(t) for t in SOUND_TYPES[1:]):
+        return "click rate"
+    return f"joint-sound rate ({', '.join(parts)})"
+
+
 def grade_session(current: SessionSummary, report: SelfReport | None = None,
                   history: Sequence[SessionSummary] = (), other_joints: Mapping[str, SessionSummary] | None = None,
                   settings: RedFlagSettings | None = None, *, t_ns: int = 0, final: bool = True) -> JointGrade:
@@ -186,6 +195,7 @@ def grade_session(current: SessionSummary, report: SelfReport | None = None,
     earlier = sorted((h for h in history if h.t_ns < current.t_ns and h.session != current.session),
                      key=lambda h: h.t_ns)
     base = earlier[-s.history_sessions:]
+    label = _sound_label(current.counts)
     figures["history_sessions"] = len(base)
     trend_known = len(base) >= s.min_history_sessions
     quiet_before = trend_known and all(h.sound_rate_per_min < s.quiet_max_rate_per_min for h in base)
@@ -194,13 +204,13 @@ def grade_session(current: SessionSummary, report: SelfReport | None = None,
         figures["baseline_sound_rate_per_min"] = round(baseline, 2)
         over = f"over the last {_plural(len(base), 'session')}"
         if quiet_before and rate >= s.new_min_rate_per_min:
-            reasons.append(GradeReason("clicks_new", WATCH, f"new clicking: click rate {_rate(rate)}, after "
+            reasons.append(GradeReason("clicks_new", WATCH, f"new clicking: {label} {_rate(rate)}, after "
                                        f"{_rate(baseline)} {over}"))
         elif rate >= s.worsening_ratio * baseline and rate - baseline >= s.worsening_min_increase_per_min:
             rising = [h.sound_rate_per_min for h in earlier[-(s.rising_sessions_seek - 1):]] + [rate]
             steps = zip(rising[:-1], rising[1:], strict=True)
             steadily = len(rising) >= s.rising_sessions_seek and all(b > a for a, b in steps)
-            text = f"click rate {_rate(rate)}, up from {_rate(baseline)} {over}"
+            text = f"{label} {_rate(rate)}, up from {_rate(baseline)} {over}"
             if steadily:
                 trail = " -> ".join(_rate(r) for r in rising)
                 reasons.append(GradeReason("clicks_worsening", SEEK, f"{text}; rising in each of the last "
@@ -210,11 +220,11 @@ def grade_session(current: SessionSummary, report: SelfReport | None = None,
         elif current.sounds:
             steady = baseline > 0 and baseline / s.steady_max_ratio <= rate <= baseline * s.steady_max_ratio
             note = " (steady: consistent clicking without pain is usually mechanical)" if steady else ""
-            reasons.append(GradeReason("info", BENIGN, f"click rate {_rate(rate)}, against {_rate(baseline)} "
+            reasons.append(GradeReason("info", BENIGN, f"{label} {_rate(rate)}, against {_rate(baseline)} "
                                        f"{over}{note}"))
     elif current.sounds:
         n_earlier = _plural(len(base), "earlier session")
-        reasons.append(GradeReason("info", BENIGN, f"click rate {_rate(rate)}; no trend yet ({n_earlier} of this "
+        reasons.append(GradeReason("info", BENIGN, f"{label} {_rate(rate)}; no trend yet ({n_earlier} of this "
                                    f"joint, trends need {s.min_history_sessions})"))
     if quiet_before and rate >= s.new_min_rate_per_min:
         sounding = {j: o for j, o in (other_joints or {}).items()

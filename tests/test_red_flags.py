@@ -141,6 +141,11 @@ def test_thresholds_are_settings() -> None:
     assert grade_session(summary("s", 1, 3), SelfReport(A, J, "s", 0, pain=2), settings=strict).grade == "watch"
 
 
+def test_other_joint_sounds_are_named() -> None:
+    g = grade_session(SessionSummary(A, J, "s", 0, 60.0, {"click": 4, "snap": 8, "crepitus": 1}))
+    assert any(r.text.startswith("joint-sound rate (4 clicks, 8 snaps, 1 crepitus) 13/min") for r in g.reasons)
+
+
 def test_valgus_is_a_note_not_a_red_flag() -> None:
     g = grade_session(summary("s", 1, 0, valgus=5), SelfReport(A, J, "s", 0, pain=0, swelling=False))
     assert g.grade == "benign"
@@ -279,7 +284,7 @@ def test_service_takes_self_reports_counts_malformed_and_publishes_grade(mosquit
     sub.loop_start()
     history = AthleteHistory(tmp_path / "hist.sqlite")
     service = AnalysisService(MqttSettings.from_url(mosquitto.url), SqliteResults(tmp_path / "r.sqlite"), "live-1",
-                              history=history)
+                              history=history, grade_interval_s=0.05)
     service.start()
     try:
         good = SelfReport(A, J, "live-1", time.time_ns(), pain=6, swelling=False)
@@ -302,9 +307,12 @@ def test_service_takes_self_reports_counts_malformed_and_publishes_grade(mosquit
     finally:
         service.stop()
     deadline = time.monotonic() + 5
-    while not grades and time.monotonic() < deadline:
+    while not any(g.final for g in grades) and time.monotonic() < deadline:
         time.sleep(0.05)
     sub.loop_stop()
+    interim = [g for g in grades if not g.final]
+    assert interim, "no interim grade while the session ran"
+    grades = [g for g in grades if g.final]
 
     c = service.counters
     assert c["reports"] == 1
