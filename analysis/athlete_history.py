@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from analysis.red_flags import RedFlagSettings, SessionSummary, grade_session
+from jointmon.errors import JointmonError
 from jointmon.messages import JointGrade, SelfReport
 
 DEFAULT_HISTORY_PATH = Path("results/athlete_history.sqlite")
@@ -46,10 +47,14 @@ class AthleteHistory:
     """Session history of every athlete and joint in one SQLite file (thread-safe)."""
 
     def __init__(self, path: str | Path = DEFAULT_HISTORY_PATH) -> None:
+        """Open (or create) the history file; :class:`JointmonError` if it is not one."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise JointmonError(f"{self.path}: cannot use as the athlete history ({exc})") from None
         self._lock = threading.Lock()
 
     def record(self, summary: SessionSummary, grade: JointGrade | None = None) -> None:

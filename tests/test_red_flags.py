@@ -263,7 +263,12 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["report", "--athlete", A, "--joint", J]) == 2
     assert main(["report", "--athlete", "ath/1", "--joint", J, "--pain", "1"]) == 2
     assert main(["analyze", "--pain", "2", "--mqtt", "mqtt://127.0.0.1:1"]) == 2
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("not a database, just text that is long enough to be read as a header")
+    _write_events(tmp_path / "ok.jsonl", "s1", 2, t0_s=1e6)
+    assert main(["grade", str(tmp_path / "ok.jsonl"), "--history", str(not_db)]) == 2
     err = capsys.readouterr().err
+    assert "notes.txt: cannot use as the athlete history" in err
     assert "no such file" in err and "bad.jsonl, line 1: not a jointmon event" in err
     assert "nothing to report" in err and "not a valid topic level" in err and "jointmon report" in err
 
