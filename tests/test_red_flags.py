@@ -334,3 +334,27 @@ def test_service_takes_self_reports_counts_malformed_and_publishes_grade(mosquit
     assert history.report(A, J, "live-1") == good
     assert [gr for _, gr in history.sessions(A, J)] == ["seek evaluation"]
     history.close()
+
+
+def test_cli_report_publishes_a_self_report(mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    got: list[tuple[str, SelfReport]] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="report-sub", protocol=mqtt.MQTTv311)
+    sub.on_message = lambda c, u, m: got.append((m.topic, SelfReport.from_json(m.payload)))
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe("jointmon/v1/reports/#", qos=1)
+    sub.loop_start()
+    time.sleep(0.3)
+    try:
+        assert main(["report", "--athlete", A, "--joint", J, "--session", "s-9", "--pain", "3", "--swelling",
+                     "--source", "coach", "--mqtt", mosquitto.url]) == 0
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sub.loop_stop()
+    assert len(got) == 1
+    topic, r = got[0]
+    assert topic == reports_topic(A, J)
+    assert (r.athlete, r.joint, r.session, r.pain, r.swelling, r.injury, r.source) == (A, J, "s-9", 3, True, None,
+                                                                                       "coach")
+    assert "reported" in capsys.readouterr().out
