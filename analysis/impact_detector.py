@@ -19,7 +19,8 @@ class ImpactSettings:
     jump_g: float = 1.2  # accelerometer jump per sample (g) that marks an impact (snap jerks <= ~0.7 g)
     veto_before_s: float = 0.030  # a sound this long before the impact is still the impact (clock jitter), s
     veto_after_s: float = 0.100  # ... and this long after (crack, mid resonance, start of the thud), s
-    thud_after_s: float = 0.300  # low-frequency candidates: the thud lasts 100-280 ms, s
+    # low-band candidates: the thud's peak frame (16 ms) comes within ~25 ms of the jump; a snap 100 ms later stays, s
+    thud_after_s: float = 0.050
     keep_s: float = 5.0  # impact history kept for late queries, s
 
 

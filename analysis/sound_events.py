@@ -2,10 +2,25 @@
 
 Input: :class:`~analysis.transient_detector.Transient` candidates per sensor (with their wall-clock time),
 accelerometer frames (for the impact veto) and the joint angle as it is estimated. Output: one
-:class:`SoundEvent` per click, snap or crepitus train (at the train's first burst, with its burst count).
+:class:`SoundEvent` per click, snap or crepitus train.
 
-Decisions wait until the stream has moved ``train_gap_s`` (s) past a burst (a lone burst is only a click
-once no train follows it) and ``hold_s`` past a snap (the IMU must have covered the veto window).
+What decides, besides each transient's own shape (``analysis/sound_classifier.py``):
+
+* impacts: an accelerometer jump at the same time (IMU), or the sound's own thud (a burst followed by loud
+  0-500 Hz power within a few ms) vetoes a burst; a low-band thump within the thud's first tens of ms of an
+  impact is the thud, not a snap (a snap 100 ms after a landing is kept);
+* repetition over the movement: crepitus grinds at the same flexion range every rep, and a tendon snaps at the
+  same angle on the same crossing direction every rep. So the angles of confirmed trains mark a "crepitus
+  zone": a lone burst inside it is crepitus (not a click), and a weak low-band thump at an angle where one
+  was already heard in an earlier rep (same direction) is a snap;
+* one crepitus event per movement cycle: a train is reported once it has ``train_min_bursts`` bursts, at the
+  earliest of its bursts within ``train_gap_s`` before the confirming one (so the report trails the event time
+  by at most ``train_gap_s + hold_s``); later bursts are absorbed until the joint has left the range on the
+  extension side (angle below the train's lowest burst angle by ``rearm_margin_deg``), or after
+  ``rearm_silence_s`` without bursts when no angle is known.
+
+Latency: a burst is decided ``hold_s`` after it (the IMU must have covered the veto window); a lone burst is a
+click once ``click_wait_s`` passed without a next burst; a snap after ``hold_s`` (plus the low band's own lag).
 """
 
 from __future__ import annotations
@@ -21,10 +36,11 @@ from analysis.sound_classifier import (
     ClassifierSettings,
     classify_group,
     is_burst,
-    is_snap,
+    logistic,
     snap_confidence,
+    train_confidence,
 )
-from analysis.transient_detector import Transient, TransientSettings
+from analysis.transient_detector import Transient, TransientSettings, band_lag_s
 
 
 @dataclass(frozen=True)
@@ -33,17 +49,32 @@ class SoundSettings:
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     impact: ImpactSettings = field(default_factory=ImpactSettings)
     burst_merge_s: float = 0.004  # the same burst on both microphones (clock alignment error included), s
-    snap_merge_s: float = 0.030  # the same thump on both microphones, s
+    snap_merge_s: float = 0.015  # the same thump on both microphones (peak frames within a few ms), s
     snap_refractory_s: float = 0.250  # a snap rings up to ~0.2 s; one tendon snaps once per crossing, s
     train_gap_s: float = 0.150  # bursts closer than this belong to one train, s
+    click_wait_s: float = 0.100  # a lone burst is a click when no other burst follows within this, s
     hold_s: float = 0.060  # wait this long past a candidate for the IMU (impact veto), s
-    angle_keep_s: float = 5.0  # joint-angle history kept for late events, s
+    angle_keep_s: float = 30.0  # joint-angle history kept for late events, s
+    # A burst whose 0-500 Hz tail exceeds both of these is an impact's crack (its thud follows within ms):
+    thud_min_db: float = 16.0  # dB over the background (joint sounds' tails: 95 % below ~15 dB)
+    thud_below_level_db: float = 10.0  # ... and at most this far below the burst itself (very loud clicks leak), dB
+    zone_margin_deg: float = 4.0  # a burst this close to the angle of bursts of earlier trains is crepitus, deg
+    zone_min_trains: int = 2  # ... of at least this many earlier trains
+    zone_keep_s: float = 30.0  # trains remembered for the zone, s
+    rearm_margin_deg: float = 3.0  # a new crepitus train needs the angle below the last one's lowest by this, deg
+    rearm_silence_s: float = 1.0  # ... or this long without bursts when the angle is unknown, s
+    snap_recur_deg: float = 3.0  # a weak thump recurs when an earlier one (>= snap_recur_gap_s before) was this close
+    snap_recur_gap_s: float = 0.4  # earlier thumps must be from an earlier crossing, s
+    snap_recur_min_db: float = 9.0  # the weakest low-band thump that can be a snap when it recurs, dB
+    # Below this a thump must be heard by both microphones: a joint sound reaches every sensor on the joint
+    # (a few dB apart), while rumble and rubbing swells are each sensor's own, dB.
+    snap_one_mic_db: float = 18.0
 
 
 @dataclass(frozen=True)
 class SoundEvent:
     type: str  # "click" | "snap" | "crepitus"
-    t_ns: int  # onset (train: first burst), wall clock ns
+    t_ns: int  # onset (train: its start, see the module docstring), wall clock ns
     stream_t_s: float  # the same instant on the sensor's stream clock, s
     sensor: str  # the sensor that heard it loudest
     confidence: float  # 0..1
@@ -68,59 +99,127 @@ class SoundTracker:
         self._bursts: list[_Cand] = []  # undecided, time-sorted
         self._snaps: list[_Cand] = []
         self._group: list[list[_Cand]] = []  # the open train: bursts, each as heard per band and microphone
-        self._angle: deque[tuple[int, float]] = deque()
+        self._group_reported = False  # the open group already gave (or was absorbed into) a crepitus event
+        self._angle_t: deque[int] = deque()
+        self._angle_v: deque[float] = deque()
         self.vetoed = 0
         self._last_snap_ns = -(2**62)
+        self._thumps: deque[tuple[int, float, float]] = deque()  # earlier low-band thumps: (t_ns, angle, direction)
+        self._trains: deque[tuple[int, float, float]] = deque()  # confirmed trains: (t_ns, lowest, highest angle)
+        self._armed = True  # a new crepitus train may be reported
+        self._train_low_deg = float("nan")  # lowest burst angle of the last reported train
+        self._last_burst_ns = -(2**62)
         self._burst_times: deque[int] = deque()  # recent burst times (ns): a snap has nothing above ~500 Hz
+        self._mic_names: set[str] = set()  # microphones heard so far (one-microphone set-ups exist)
 
     def add(self, sensor: str, t_ns: int, stream_t_s: float, tr: Transient) -> None:
         c = _Cand(int(t_ns), float(stream_t_s), sensor, tr)
-        if is_burst(tr, self.settings.classifier):
-            self._bursts.append(c)
-            self._burst_times.append(c.t_ns)
-        elif is_snap(tr, self.settings.classifier):
+        self._mic_names.add(sensor)
+        s = self.settings
+        if is_burst(tr, s.classifier):
+            if tr.lf_db < max(s.thud_min_db, tr.level_db - s.thud_below_level_db):  # else an impact's crack
+                self._bursts.append(c)
+                self._burst_times.append(c.t_ns)
+            else:
+                self.vetoed += 1
+        elif (tr.band == "low" and tr.level_db >= min(s.snap_recur_min_db, s.classifier.snap_min_db)
+              and tr.width_s <= s.classifier.snap_max_width_s):
             self._snaps.append(c)
 
     def on_imu(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, angle_deg: float) -> None:
+        """``t_ns`` (n,) sample times (ns), ``accel_g`` (n, 3) in g, ``angle_deg`` the joint angle (deg) then."""
         self.impacts.update(sensor, t_ns, accel_g)
         if t_ns.size and np.isfinite(angle_deg):
-            self._angle.append((int(t_ns[0]), float(angle_deg)))
-            horizon = int(t_ns[0]) - round(self.settings.angle_keep_s * 1e9)
-            while self._angle and self._angle[0][0] < horizon:
-                self._angle.popleft()
+            t = int(t_ns[0])
+            if self._angle_t and t <= self._angle_t[-1]:  # two sensors' frames: keep the history monotonic
+                return
+            self._angle_t.append(t)
+            self._angle_v.append(float(angle_deg))
+            horizon = t - round(self.settings.angle_keep_s * 1e9)
+            while self._angle_t and self._angle_t[0] < horizon:
+                self._angle_t.popleft()
+                self._angle_v.popleft()
 
     def angle_at(self, t_ns: int) -> float:
         """Joint angle (deg) at ``t_ns`` from the recorded history; NaN when none."""
-        if not self._angle:
+        if not self._angle_t:
             return float("nan")
-        t = np.fromiter((a[0] for a in self._angle), dtype=np.int64)
-        v = np.fromiter((a[1] for a in self._angle), dtype=float)
-        return float(np.interp(t_ns, t, v))
+        return float(np.interp(t_ns, np.asarray(self._angle_t, dtype=np.int64), np.asarray(self._angle_v)))
+
+    def _direction(self, t_ns: int) -> float:
+        """Sign of the angle's rate (deg/s) over +-50 ms around ``t_ns``: +1 flexing, -1 extending, 0 unknown."""
+        d = self.angle_at(t_ns + 50_000_000) - self.angle_at(t_ns - 50_000_000)
+        return float(np.sign(d)) if np.isfinite(d) else 0.0
 
     def poll(self, now_ns: int) -> list[SoundEvent]:
-        s = self.settings
-        out: list[SoundEvent] = []
-        hold, gap = round(s.hold_s * 1e9), round(s.train_gap_s * 1e9)
-        # Snaps: merge both microphones, veto impacts.
+        out = self._poll_snaps(now_ns) + self._poll_bursts(now_ns)
+        return sorted(out, key=lambda e: e.t_ns)
+
+    def flush(self) -> list[SoundEvent]:
+        return self.poll(2**62)
+
+    # ------------------------------------------------------------ snaps
+
+    def _poll_snaps(self, now_ns: int) -> list[SoundEvent]:
+        s, out = self.settings, []
+        # Both microphones' low band must have decided the instant: their spectrogram trails the input.
+        hold = round(max(s.hold_s, band_lag_s(s.transient.low)) * 1e9)
+        merge = round(s.snap_merge_s * 1e9)
         self._snaps.sort(key=lambda c: c.t_ns)
-        while self._snaps and self._snaps[0].t_ns <= now_ns - hold - round(s.snap_merge_s * 1e9):
+        while self._snaps and self._snaps[0].t_ns <= now_ns - hold - merge:
             first = self._snaps.pop(0)
-            same = [first] + [c for c in self._snaps if c.t_ns - first.t_ns <= round(s.snap_merge_s * 1e9)]
+            same = [first] + [c for c in self._snaps if c.t_ns - first.t_ns <= merge]
             self._snaps = [c for c in self._snaps if c not in same]
             if self.impacts.near(first.t_ns, low_band=True):
                 self.vetoed += 1
                 continue
+            best = max(same, key=lambda c: c.tr.level_db)
+            angle, direction = self.angle_at(first.t_ns), self._direction(first.t_ns)
+            recur = self._recurs(first.t_ns, angle, direction)
+            if np.isfinite(angle):
+                self._thumps.append((first.t_ns, angle, direction))
+            while self._thumps and self._thumps[0][0] < first.t_ns - round(s.zone_keep_s * 1e9):
+                self._thumps.popleft()
+            if best.tr.level_db < s.classifier.snap_min_db and not recur:
+                continue
+            if best.tr.level_db < s.snap_one_mic_db and len({c.sensor for c in same}) < min(2, len(self._mic_names)):
+                continue
+            while self._burst_times and self._burst_times[0] < first.t_ns - 500_000_000:
+                self._burst_times.popleft()
+            if not recur and any(-20_000_000 <= b - first.t_ns <= 40_000_000 for b in self._burst_times):
+                continue  # broadband: the low end of a click or crepitus burst (unless it recurs at this angle)
             if first.t_ns - self._last_snap_ns < round(s.snap_refractory_s * 1e9):
                 continue
-            while self._burst_times and self._burst_times[0] < first.t_ns - round(0.5 * 1e9):
-                self._burst_times.popleft()
-            if any(-0.02e9 <= b - first.t_ns <= 0.04e9 for b in self._burst_times):
-                continue  # broadband: the low band of a click, crepitus burst or crack
             self._last_snap_ns = first.t_ns
-            best = max(same, key=lambda c: c.tr.level_db)
-            out.append(self._event("snap", first, best, snap_confidence(best.tr, s.classifier),
-                                   {"sensors": len({c.sensor for c in same})}))
-        # Bursts: merge both microphones, veto impacts, chain into trains, classify closed trains.
+            conf = snap_confidence(best.tr, s.classifier)
+            if recur:  # heard at this angle on an earlier crossing: the repetition is evidence too
+                conf = max(conf, logistic(1.0))
+            out.append(self._event("snap", first, best, conf, {"sensors": len({c.sensor for c in same}),
+                                                                "recurring": recur}))
+        return out
+
+    def _recurs(self, t_ns: int, angle: float, direction: float) -> bool:
+        """Whether a thump was heard at ``angle`` (deg), same crossing direction, on an earlier crossing."""
+        s = self.settings
+        if not np.isfinite(angle) or direction == 0.0:  # a tendon snaps on a crossing: the joint must move
+            return False
+        gap = round(s.snap_recur_gap_s * 1e9)
+        return any(t_ns - t >= gap and abs(a - angle) <= s.snap_recur_deg and d == direction
+                   for t, a, d in self._thumps)
+
+    # ------------------------------------------------------------ bursts: clicks and crepitus
+
+    def _in_zone(self, angle: float) -> bool:
+        """Whether ``angle`` (deg) lies in the flexion range where crepitus trains recurred."""
+        s = self.settings
+        if not np.isfinite(angle):
+            return False
+        n = sum(lo - s.zone_margin_deg <= angle <= hi + s.zone_margin_deg for _, lo, hi in self._trains)
+        return n >= s.zone_min_trains
+
+    def _poll_bursts(self, now_ns: int) -> list[SoundEvent]:
+        s, out = self.settings, []
+        hold, gap = round(s.hold_s * 1e9), round(s.train_gap_s * 1e9)
         self._bursts.sort(key=lambda c: c.t_ns)
         while self._bursts and self._bursts[0].t_ns <= now_ns - hold:
             c = self._bursts.pop(0)
@@ -130,32 +229,88 @@ class SoundTracker:
             if self._group and c.t_ns - self._group[-1][0].t_ns <= round(s.burst_merge_s * 1e9):
                 self._group[-1].append(c)  # the same burst in the other band or on the other microphone
                 continue
+            self._rearm(c.t_ns)
             if self._group and c.t_ns - self._group[-1][0].t_ns > gap:
                 out += self._close()
             self._group.append([c])
-        if self._group and now_ns - self._group[-1][0].t_ns > gap + hold:
+            self._last_burst_ns = c.t_ns
+            out += self._train_update()
+        if self._group and now_ns - hold - self._group[-1][0].t_ns > round(s.click_wait_s * 1e9) \
+                and (len(self._group) < 2 or now_ns - hold - self._group[-1][0].t_ns > gap):
             out += self._close()
-        return sorted(out, key=lambda e: e.t_ns)
+        return out
 
-    def flush(self) -> list[SoundEvent]:
-        return self.poll(2**62)
+    def _rearm(self, t_ns: int) -> None:
+        """A new movement cycle: the angle went back below the last train's range, or a long silence."""
+        if self._armed:
+            return
+        s = self.settings
+        angle = self.angle_at(t_ns)
+        if np.isfinite(angle) and np.isfinite(self._train_low_deg):
+            # The lowest angle since the last burst: the joint may have extended and come back between bursts.
+            lo = self._min_angle(self._last_burst_ns, t_ns)
+            if lo < self._train_low_deg - s.rearm_margin_deg:
+                self._armed = True
+        elif t_ns - self._last_burst_ns > round(s.rearm_silence_s * 1e9):
+            self._armed = True
+
+    def _min_angle(self, t0_ns: int, t1_ns: int) -> float:
+        t = np.asarray(self._angle_t, dtype=np.int64)
+        v = np.asarray(self._angle_v)
+        inside = v[(t >= t0_ns) & (t <= t1_ns)]
+        return float(min(inside.min(initial=np.inf), self.angle_at(t0_ns), self.angle_at(t1_ns)))
+
+    def _train_update(self) -> list[SoundEvent]:
+        """The open group just got a burst: report crepitus once it is a train, or a burst in the zone."""
+        s = self.settings
+        c = self._group[-1][0]
+        angle = self.angle_at(c.t_ns)
+        if self._group_reported:
+            if np.isfinite(angle):
+                self._train_low_deg = min(self._train_low_deg, angle)
+            return []
+        n = len(self._group)
+        if n < s.classifier.train_min_bursts and not self._in_zone(angle):
+            return []
+        self._group_reported = True
+        if not self._armed:  # the same cycle's grinding, already reported
+            angles = [a for a in (self.angle_at(b[0].t_ns) for b in self._group) if np.isfinite(a)]
+            if angles:
+                self._train_low_deg = min([self._train_low_deg, *angles])
+            return []
+        self._armed = False
+        # The event: the earliest burst within one train gap of the confirming one (bounded latency).
+        start = next(b for b in self._group if c.t_ns - b[0].t_ns <= round(s.train_gap_s * 1e9))[0]
+        angles = [a for a in (self.angle_at(b[0].t_ns) for b in self._group) if np.isfinite(a)]
+        self._train_low_deg = min(angles) if angles else float("nan")
+        every = [x for b in self._group for x in b]
+        best = max(every, key=lambda x: x.tr.level_db)
+        conf = train_confidence(n, s.classifier) if n >= s.classifier.train_min_bursts else logistic(0.5)
+        details: dict[str, Any] = {"bursts_at_report": n, "in_zone": self._in_zone(angle),
+                                   "hf_fraction": round(max(x.tr.hf_fraction for x in every), 2)}
+        return [self._event("crepitus", start, best, conf, details)]
 
     def _close(self) -> list[SoundEvent]:
         group, self._group = self._group, []
-        decided = classify_group([[c.tr for c in burst] for burst in group], self.settings.classifier)
-        if decided is None:
+        reported, self._group_reported = self._group_reported, False
+        s = self.settings
+        if len(group) >= s.classifier.train_min_bursts:
+            angles = [a for a in (self.angle_at(b[0].t_ns) for b in group) if np.isfinite(a)]
+            if angles:  # a confirmed train marks its range for the zone
+                self._trains.append((group[0][0].t_ns, min(angles), max(angles)))
+            while self._trains and self._trains[0][0] < group[0][0].t_ns - round(s.zone_keep_s * 1e9):
+                self._trains.popleft()
+        if reported:
             return []
+        decided = classify_group([[c.tr for c in burst] for burst in group], s.classifier)
+        if decided is None or decided[0] != "click":
+            return []  # two bursts outside the zone: too little for a train, too much for a click
         kind, conf = decided
         every = [c for burst in group for c in burst]
         best = max(every, key=lambda c: c.tr.level_db)
-        # A train starts at its first burst; a click is its loudest burst (a weaker one before it is noise).
-        first = group[0][0] if kind == "crepitus" else min(next(b for b in group if best in b), key=lambda c: c.t_ns)
-        details: dict[str, Any] = {"hf_fraction": round(max(c.tr.hf_fraction for c in every), 2)}
-        if kind == "crepitus":
-            a0, a1 = self.angle_at(group[0][0].t_ns), self.angle_at(group[-1][0].t_ns)
-            details.update(bursts=len(group), duration_s=round((group[-1][0].t_ns - first.t_ns) / 1e9, 3),
-                           flexion_range_deg=[round(min(a0, a1), 1), round(max(a0, a1), 1)])
-        return [self._event(kind, first, best, conf, details)]
+        # A click is its loudest burst (a weaker one before it is noise).
+        first = min(next(b for b in group if best in b), key=lambda c: c.t_ns)
+        return [self._event(kind, first, best, conf, {"hf_fraction": round(best.tr.hf_fraction, 2)})]
 
     def _event(self, kind: str, first: _Cand, best: _Cand, conf: float, details: dict[str, Any]) -> SoundEvent:
         return SoundEvent(kind, first.t_ns, first.stream_t_s, best.sensor, float(np.clip(conf, 0.0, 1.0)),

@@ -9,12 +9,15 @@ it. Hum and rumble are stationary per bin and whiten away; rubbing rises over te
 librosa / aubio onset functions are whole-buffer or fixed-hop spectral-flux detectors without per-bin
 two-sided whitening, which is what reaches 0 dB SNR here (``bench/sound_peers.py`` compares them).
 
-Two bands, each its own spectrogram:
+Three triggers on two spectrograms (bands with the same framing and CFAR window share one spectrogram and
+one reference, computed once):
 
-* ``high``: 2 ms Hann frames every 0.5 ms (500 Hz bins); the statistic is the mean whitened power over
-  ``high_band_hz`` (clicks, impact cracks) and over ``mid_band_hz`` (crepitus bursts ring at 0.4-3 kHz).
-* ``low``: 16 ms frames every 4 ms (62.5 Hz bins); the mean whitened power over ``low_band_hz`` (tendon
-  snaps at 70-250 Hz, impact thuds).
+* ``high`` and ``mid``: 2 ms Hann frames every 0.5 ms (500 Hz bins); the statistic is the mean whitened
+  power over 1.8-6.5 kHz (clicks, impact cracks), resp. 0.4-3 kHz (crepitus bursts). Each also reports
+  ``lf_db``, the whitened power of the 0-500 Hz bins over the next few ms: an impact's crack comes with the
+  limb's thud (25-400 Hz, far louder than the crack), a joint click or crepitus burst has no such tail.
+* ``low``: 16 ms frames every 4 ms (62.5 Hz bins); the mean whitened power over 60-320 Hz (tendon snaps
+  at 70-250 Hz, impact thuds).
 
 Streaming: frames need ``ref_s`` of spectra on both sides, so output lags input by that much; the state is the
 unframed tail of samples and the last frames' log spectra. Whole signal or 50 ms blocks give the same
@@ -23,12 +26,15 @@ transients (the moving sums restart per block, so levels agree to ~1e-9 dB, not 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 _EPS = 1e-20
+LF_BAND_HZ = (0.0, 500.0)  # the bins an impact's thud fills in 2 ms frames (a joint click or burst barely does)
+LF_AFTER_S = 0.006  # the thud's 120-400 Hz knock rings 3-10 ms: look this far past the burst's peak frame, s
+LF_SKIP_S = 0.002  # ... but only from this far on: a 2 ms frame no longer holds a short burst, s
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,8 @@ class TransientSettings:
     # Mid trigger: crepitus bursts (0.4-3 kHz), a second detector on the same spectrogram.
     mid: BandSettings = BandSettings(32, 8, ((400.0, 3000.0), (1800.0, 6500.0)), 0.030, 0.003, 8.0, 0.004)
     # Low band: snaps and thuds (70-250 Hz with partials up to 500 Hz).
-    low: BandSettings = BandSettings(256, 64, ((60.0, 320.0), (20.0, 90.0)), 0.160, 0.040, 6.0, 0.030)
+    # 100 ms of reference each side: rumble and hum are stationary over it, and it bounds the lag (~150 ms).
+    low: BandSettings = BandSettings(256, 64, ((60.0, 320.0), (20.0, 90.0)), 0.100, 0.040, 6.0, 0.030)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,40 +74,73 @@ class Transient:
     other_db: float  # the same statistic over the band's second band, dB
     width_s: float  # time the trigger statistic stays within 6 dB of its peak, s
     hf_fraction: float  # excess power above 2 kHz / excess power 0.4-7 kHz at the peak frame (high/mid), else 0
+    lf_db: float = 0.0  # high/mid: max 0-500 Hz whitened power LF_SKIP_S..LF_AFTER_S after the peak, dB
 
 
 @dataclass
-class _BandState:
+class _Trigger:
+    """One detection statistic on a shared spectrogram."""
+
+    name: str
     s: BandSettings
+    masks: list[np.ndarray]  # trigger band, second band
+    k: int  # peak half-window, frames
+    last_peak: int = -(10**9)  # frame number of the last candidate
+
+
+@dataclass
+class _Spectrogram:
+    """One framing (frame length, hop, CFAR window) and the triggers computed on it; streaming state inside."""
+
+    frame_len: int
+    hop: int
     rate_hz: float
     window: np.ndarray
-    masks: list[np.ndarray]
     hf_mask: np.ndarray
     wide_mask: np.ndarray
-    r: int
-    g: int
-    k: int
+    lf_mask: np.ndarray
+    r: int  # CFAR reference half-width, frames
+    g: int  # CFAR guard half-width, frames
+    n_lf: int  # frames after the peak searched for the thud tail (high/mid), frames
+    n_skip: int  # frames after the peak before the thud search starts, frames
+    triggers: list[_Trigger]
     tail: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hist: np.ndarray | None = None  # (frames, bins) log power, the frames kept for context
     hist_first: int = 0  # frame number of hist[0]
     next_frame: int = 0  # frame number of the first frame not yet decided
-    last_peak: int = -(10**9)  # frame number of the last candidate
 
     @classmethod
-    def build(cls, s: BandSettings, rate_hz: float) -> _BandState:
+    def build(cls, named: list[tuple[str, BandSettings]], rate_hz: float) -> _Spectrogram:
         # Frame sizes are given at 16 kHz: keep their durations at other rates.
         scale = rate_hz / 16000.0
-        s = replace(s, frame_len=max(8, round(s.frame_len * scale)), hop=max(1, round(s.hop * scale)))
-        f = np.fft.rfftfreq(s.frame_len, 1.0 / rate_hz)
-        masks = [(f >= lo) & (f <= hi) for lo, hi in s.bands_hz]
-        frame_rate = rate_hz / s.hop
-        return cls(s, rate_hz, np.hanning(s.frame_len + 2)[1:-1], masks, (f >= 2000.0) & (f <= 7000.0),
-                   (f >= 400.0) & (f <= 7000.0), max(2, round(s.ref_s * frame_rate)),
-                   max(1, round(s.guard_s * frame_rate)), max(1, round(s.peak_window_s * frame_rate)))
+        b0 = named[0][1]
+        frame_len, hop = max(8, round(b0.frame_len * scale)), max(1, round(b0.hop * scale))
+        f = np.fft.rfftfreq(frame_len, 1.0 / rate_hz)
+        frame_rate = rate_hz / hop
+        triggers = [_Trigger(name, b, [(f >= lo) & (f <= hi) for lo, hi in b.bands_hz],
+                             max(1, round(b.peak_window_s * frame_rate))) for name, b in named]
+        lf = (f >= LF_BAND_HZ[0]) & (f <= LF_BAND_HZ[1])
+        return cls(frame_len, hop, rate_hz, np.hanning(frame_len + 2)[1:-1], (f >= 2000.0) & (f <= 7000.0),
+                   (f >= 400.0) & (f <= 7000.0), lf, max(2, round(b0.ref_s * frame_rate)),
+                   max(1, round(b0.guard_s * frame_rate)), max(0, round(LF_AFTER_S * frame_rate)),
+                   max(0, round(LF_SKIP_S * frame_rate)), triggers)
+
+    @property
+    def ext(self) -> int:
+        """Frames of statistic needed on each side of a decided frame (peak window, thud tail)."""
+        return max(max(t.k for t in self.triggers), self.n_lf)
 
     @property
     def context(self) -> int:
-        return self.r + self.k  # frames needed on each side of a frame before it can be decided
+        return self.r + self.ext  # frames needed on each side of a frame before it can be decided
+
+
+def band_lag_s(b: BandSettings) -> float:
+    """How long (s) after a frame's centre the band's transients for it come out: the CFAR reference, the peak
+    window (or the thud tail) and the frame itself."""
+    frame_rate = 16000.0 / b.hop  # frame sizes are given at 16 kHz and keep their durations at other rates
+    ext = max(round(b.peak_window_s * frame_rate), round(LF_AFTER_S * frame_rate))
+    return (max(2, round(b.ref_s * frame_rate)) + ext + 1) / frame_rate + 0.5 * b.frame_len / 16000.0
 
 
 class TransientDetector:
@@ -112,32 +152,40 @@ class TransientDetector:
     def __init__(self, settings: TransientSettings | None = None) -> None:
         self.settings = settings or TransientSettings()
         s = self.settings
-        self._bands = {name: _BandState.build(b, s.rate_hz) for name, b in
-                       (("high", s.high), ("mid", s.mid), ("low", s.low))}
+        # Triggers with the same framing and CFAR window share one spectrogram (high + mid: half the FFTs).
+        groups: dict[tuple, list[tuple[str, BandSettings]]] = {}
+        for name, b in (("high", s.high), ("mid", s.mid), ("low", s.low)):
+            groups.setdefault((b.frame_len, b.hop, b.ref_s, b.guard_s), []).append((name, b))
+        self._specs = [_Spectrogram.build(named, s.rate_hz) for named in groups.values()]
         self._seen = 0
 
     @property
     def samples_seen(self) -> int:
         return self._seen
 
+    @property
+    def lag_s(self) -> float:
+        """How far (s) the decided transients trail the input: the slowest spectrogram's context."""
+        return max((sp.context + 1) * sp.hop / sp.rate_hz + sp.frame_len / sp.rate_hz for sp in self._specs)
+
     def process(self, x: np.ndarray) -> list[Transient]:
         x = np.asarray(x, dtype=float).ravel()
         self._seen += x.size
         out: list[Transient] = []
-        for name, b in self._bands.items():
-            out += self._band(name, b, x, final=False)
-        return sorted(out, key=lambda t: t.index)
+        for sp in self._specs:
+            out += self._run(sp, x, final=False)
+        return sorted(out, key=lambda t: (t.index, t.band))
 
     def flush(self) -> list[Transient]:
         out: list[Transient] = []
-        for name, b in self._bands.items():
-            out += self._band(name, b, np.zeros(0), final=True)
-        return sorted(out, key=lambda t: t.index)
+        for sp in self._specs:
+            out += self._run(sp, np.zeros(0), final=True)
+        return sorted(out, key=lambda t: (t.index, t.band))
 
-    def _frames(self, b: _BandState, x: np.ndarray) -> np.ndarray:
+    def _frames(self, b: _Spectrogram, x: np.ndarray) -> np.ndarray:
         """Log power spectra (dB) of the complete new frames."""
         buf = np.concatenate((b.tail, x))
-        n, hop = b.s.frame_len, b.s.hop
+        n, hop = b.frame_len, b.hop
         nfr = (buf.size - n) // hop + 1 if buf.size >= n else 0
         if nfr <= 0:
             b.tail = buf
@@ -147,7 +195,7 @@ class TransientDetector:
         b.tail = buf[nfr * hop:]
         return 10.0 * np.log10(spec.real**2 + spec.imag**2 + _EPS)
 
-    def _band(self, name: str, b: _BandState, x: np.ndarray, final: bool) -> list[Transient]:
+    def _run(self, b: _Spectrogram, x: np.ndarray, final: bool) -> list[Transient]:
         new = self._frames(b, x)
         if b.hist is None:
             if not new.shape[0]:
@@ -164,45 +212,51 @@ class TransientDetector:
             last_decidable = last_real - b.context
         out: list[Transient] = []
         if last_decidable >= b.next_frame:
-            out = self._decide(name, b, hist, b.next_frame, last_decidable + 1)
+            out = self._decide(b, hist, b.next_frame, last_decidable + 1)
             b.next_frame = last_decidable + 1
         keep_from = max(b.next_frame - b.context - b.hist_first, 0)
         b.hist = hist[keep_from:]
         b.hist_first += keep_from
         return out
 
-    def _decide(self, name: str, b: _BandState, hist: np.ndarray, f0: int, f1: int) -> list[Transient]:
+    def _decide(self, b: _Spectrogram, hist: np.ndarray, f0: int, f1: int) -> list[Transient]:
         """Decide frames ``f0 .. f1 - 1`` (frame numbers); ``hist`` holds frames ``b.hist_first ..``."""
+        e = b.ext
         i0, i1 = f0 - b.hist_first, f1 - b.hist_first
-        lo, hi = i0 - b.k - b.r, i1 + b.k + b.r
-        seg = hist[lo:hi]
+        seg = hist[i0 - e - b.r:i1 + e + b.r]
         # Two-sided reference: mean of dB over [i-r, i-g) and (i+g, i+r], from one cumulative sum.
         c = np.concatenate((np.zeros((1, seg.shape[1])), np.cumsum(seg, axis=0)))
         idx = np.arange(b.r, seg.shape[0] - b.r)
         before = c[idx - b.g + 1] - c[idx - b.r]
         after = c[idx + b.r + 1] - c[idx + b.g]
         ref = (before + after) / (2 * (b.r - b.g + 1))
-        white_db = seg[idx] - ref  # frames f0 - k .. f1 + k - 1
+        white_db = seg[idx] - ref  # frames f0 - e .. f1 + e - 1
         lin = 10.0 ** (white_db / 10.0)
-        stat = 10.0 * np.log10(lin[:, b.masks[0]].mean(axis=1))
-        other = 10.0 * np.log10(lin[:, b.masks[1]].mean(axis=1))
-        # Peaks: the largest statistic within +-k frames, above threshold.
-        mx = ndimage.maximum_filter1d(stat, 2 * b.k + 1, mode="nearest")
-        core = np.arange(b.k, b.k + (f1 - f0))
-        cand = core[(stat[core] >= b.s.threshold_db) & (stat[core] >= mx[core])]
+        core = np.arange(e, e + (f1 - f0))
+        lf = 10.0 * np.log10(lin[:, b.lf_mask].mean(axis=1)) if b.n_lf else None
+        half = b.frame_len // 2
         out = []
-        half = b.s.frame_len // 2
-        for j in cand:  # candidate events only (a few per second)
-            frame_no = f0 - b.k + int(j)
-            if frame_no - b.last_peak <= b.k:  # an exact tie within the window: the earliest frame wins
+        for trig in b.triggers:
+            stat = 10.0 * np.log10(lin[:, trig.masks[0]].mean(axis=1))
+            # Peaks: the largest statistic within +-k frames, above threshold.
+            mx = ndimage.maximum_filter1d(stat, 2 * trig.k + 1, mode="nearest")
+            cand = core[(stat[core] >= trig.s.threshold_db) & (stat[core] >= mx[core])]
+            if not cand.size:
                 continue
-            b.last_peak = frame_no
-            width = np.flatnonzero(stat[j - b.k:j + b.k + 1] >= stat[j] - 6.0).size
-            hf = 0.0
-            if name != "low":
-                excess = np.maximum(10.0 ** (seg[j + b.r] / 10.0) - 10.0 ** (ref[j] / 10.0), 0.0)
-                wide = float(excess[b.wide_mask].sum())
-                hf = float(excess[b.hf_mask].sum()) / wide if wide > 0 else 0.0
-            out.append(Transient(name, frame_no * b.s.hop + half, float(stat[j]), float(other[j]),
-                                 width * b.s.hop / b.rate_hz, hf))
+            other = 10.0 * np.log10(lin[cand][:, trig.masks[1]].mean(axis=1))
+            for j, oth in zip(cand, other, strict=True):  # candidate events only (a few per second)
+                frame_no = f0 - e + int(j)
+                if frame_no - trig.last_peak <= trig.k:  # an exact tie within the window: the earliest frame wins
+                    continue
+                trig.last_peak = frame_no
+                width = np.flatnonzero(stat[j - trig.k:j + trig.k + 1] >= stat[j] - 6.0).size
+                hf, lf_db = 0.0, 0.0
+                if trig.name != "low":
+                    excess = np.maximum(10.0 ** (seg[j + b.r] / 10.0) - 10.0 ** (ref[j] / 10.0), 0.0)
+                    wide = float(excess[b.wide_mask].sum())
+                    hf = float(excess[b.hf_mask].sum()) / wide if wide > 0 else 0.0
+                    # From LF_SKIP_S on: the 1-2 ms burst itself has left the frame, a thud still rings.
+                    lf_db = float(lf[j + b.n_skip:j + b.n_lf + 1].max()) if lf is not None else 0.0
+                out.append(Transient(trig.name, frame_no * b.hop + half, float(stat[j]), float(oth),
+                                     width * b.hop / b.rate_hz, hf, lf_db))
         return out
