@@ -173,6 +173,10 @@ class SoundTracker:
             if self.impacts.near(first.t_ns, low_band=True):
                 self.vetoed += 1
                 continue
+            while self._burst_times and self._burst_times[0] < first.t_ns - 500_000_000:
+                self._burst_times.popleft()
+            if any(-20_000_000 <= b - first.t_ns <= 40_000_000 for b in self._burst_times):
+                continue  # broadband: the low end of a click or crepitus burst, not a thump of its own
             best = max(same, key=lambda c: c.tr.level_db)
             angle, direction = self.angle_at(first.t_ns), self._direction(first.t_ns)
             recur = self._recurs(first.t_ns, angle, direction)
@@ -184,10 +188,6 @@ class SoundTracker:
                 continue
             if best.tr.level_db < s.snap_one_mic_db and len({c.sensor for c in same}) < min(2, len(self._mic_names)):
                 continue
-            while self._burst_times and self._burst_times[0] < first.t_ns - 500_000_000:
-                self._burst_times.popleft()
-            if not recur and any(-20_000_000 <= b - first.t_ns <= 40_000_000 for b in self._burst_times):
-                continue  # broadband: the low end of a click or crepitus burst (unless it recurs at this angle)
             if first.t_ns - self._last_snap_ns < round(s.snap_refractory_s * 1e9):
                 continue
             self._last_snap_ns = first.t_ns
