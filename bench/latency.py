@@ -379,6 +379,58 @@ def _follow(source: subprocess.Popen[bytes], duration_s: float, bar: tqdm | None
         bar.update(duration_s - done)
 
 
+def decision_delays(path: str | Path) -> list[Received]:
+    """The analysis's own decision delay, without broker, clocks or CPU contention: the recording's frames
+    go through the analysis in publish order, and each event is stamped with the wall time of the last
+    sample of the frame that made the analysis emit it (its ``recv_ns``). Real-time latency is this plus
+    transport (BLE, gateway, broker, publish) and waiting for a CPU. Events emitted by ``finish()`` are
+    ``flushed``."""
+    from analysis.joint_router import JointRouter
+    from jointmon.frames import Frame, decode_frame
+    from jointmon.recording import read_recording
+    from jointmon.topics import DataTopic
+    from sensor_gateway.recorder import frames_from_recording
+
+    out: list[Received] = []
+    now = {"end_ns": 0, "flushed": False}
+
+    class _Stamp:
+        def angles(self, *a: object, **k: object) -> None:
+            pass
+
+        def event(self, e: JointEvent) -> None:
+            out.append(Received(int(now["end_ns"]), e, Path(path).stem, bool(now["flushed"])))
+
+        def close(self) -> None:
+            pass
+
+    router = JointRouter(Path(path).stem, _Stamp())
+    for topic, frame in frames_from_recording(read_recording(path)):
+        f = frame if isinstance(frame, Frame) else decode_frame(bytes(frame))
+        now["end_ns"] = f.t0_ns + round(f.count * 1e9 / f.rate_hz)
+        if isinstance(topic, DataTopic):
+            router.route(topic, f)
+        else:
+            router.handle_message(str(topic), bytes(frame) if not isinstance(frame, Frame) else b"")
+    now["flushed"] = True
+    router.finish()
+    return out
+
+
+def run_decision_delays(files: list[str], json_path: str | None, progress: bool) -> int:
+    """``--decision``: :func:`decision_delays` over every recording, one table."""
+    received: list[Received] = []
+    for f in tqdm(files, unit="recording", disable=not progress, leave=False):
+        received += decision_delays(f)
+    report = latency_report(received)
+    print(f"decision delay (emitting frame's last sample - event onset) over {len(files)} recording(s):")
+    print(report.table().replace("overall p99", "overall decision-delay p99"))
+    if json_path:
+        Path(json_path).write_text(json.dumps({**report.as_dict(), "kind": "decision_delay", "files": files},
+                                              indent=1))
+    return 0
+
+
 def replay_worker(file: str, url: str, speed: float) -> int:
     """``jointmon replay FILE`` with the replayed times shifted by exactly (replay start - recording
     start) instead of whole seconds, so a sample's wall time is when it is really replayed."""
@@ -405,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
                    "[%(default)s: real time, as the target is defined]")
     p.add_argument("--in-process", action="store_true", help="run the analysis service in this process, to split "
                    "each latency into detection (emitted - onset) and publishing (received - emitted)")
+    p.add_argument("--decision", action="store_true", help="no broker, no real time: run the recordings' frames "
+                   "through the analysis as fast as possible and measure its decision delay alone (emitting frame's "
+                   "last sample - event onset); independent of host load")
     p.add_argument("--whole-seconds", action="store_true", help="replay exactly as `jointmon replay` does, with "
                    "times shifted by whole seconds (adds a random 0..1 s to every latency)")
     p.add_argument("--replay-worker", nargs=2, metavar=("FILE", "URL"), help=argparse.SUPPRESS)
@@ -420,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f in args.recordings if not Path(f).is_file()]
     if missing:
         p.error(f"no such recording: {', '.join(missing)}")
+    if args.decision:
+        if not args.recordings:
+            p.error("--decision needs recordings")
+        return run_decision_delays(args.recordings, args.json, not args.no_progress)
     simulate_s = args.simulate or (0.0 if args.recordings else 30.0)
 
     from jointmon.embedded_broker import EmbeddedBroker
