@@ -86,3 +86,20 @@ def test_latency_report_groups_and_percentiles() -> None:
     assert report.flushed == {"click": 1}
     assert "MISSES" not in report.table()
     assert LatencyRow.of("x", []).n == 0
+
+
+def test_decision_delay_of_a_recording(tmp_path: Path) -> None:
+    """The analysis alone, frame by frame as published: clicks are decided within a bounded delay, reps
+    shortly after they end, and nothing is decided before it happened."""
+    from bench.latency import decision_delays
+
+    rec = tmp_path / "s.jmrec"
+    assert main(["record", str(rec), "--duration", "10", "--seed", "3", "--clicks", "4", "--fast",
+                 "--no-progress"]) == 0
+    received = decision_delays(rec)
+    report = latency_report(received)
+    rows = {r.name: r for r in report.rows}
+    assert rows["click"].n >= 3 and rows["rep (from end)"].n >= 2, report.table()
+    assert rows["click"].max_ms < P99_BOUND_MS, report.table()
+    assert rows["rep (from end)"].max_ms < 200.0, report.table()
+    assert min(r.latency_ms for r in received if not r.flushed) >= 0.0
