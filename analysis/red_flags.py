@@ -218,7 +218,8 @@ def grade_session(current: SessionSummary, report: SelfReport | None = None,
             else:
                 reasons.append(GradeReason("clicks_worsening", WATCH, text))
         elif current.sounds:
-            steady = baseline > 0 and baseline / s.steady_max_ratio <= rate <= baseline * s.steady_max_ratio
+            steady = (baseline > 0 and baseline / s.steady_max_ratio <= rate <= baseline * s.steady_max_ratio
+                      and not any(r.flag == "pain" for r in reasons))
             note = " (steady: consistent clicking without pain is usually mechanical)" if steady else ""
             reasons.append(GradeReason("info", BENIGN, f"{label} {_rate(rate)}, against {_rate(baseline)} "
                                        f"{over}{note}"))
