@@ -76,6 +76,10 @@ def test_a_small_rise_is_not_worsening() -> None:
     history = [summary("s1", 1, 3), summary("s2", 2, 3), summary("s3", 3, 3)]
     assert grade_session(summary("s-now", 4, clicks=5), None, history).grade == "benign"  # < 2x baseline
     assert grade_session(summary("s-now", 4, clicks=6), None, history).grade == "watch"  # 2x and +3/min
+    steady = grade_session(summary("s-now", 4, clicks=3), None, history)
+    assert any("click rate 3/min, against 3/min over the last 3 sessions (steady" in r.text for r in steady.reasons)
+    painful = grade_session(summary("s-now", 4, clicks=3), SelfReport(A, J, "s-now", 0, pain=2), history)
+    assert painful.grade == "seek evaluation" and "usually mechanical" not in painful.text()
     low = [summary("s1", 1, 1), summary("s2", 2, 1), summary("s3", 3, 1)]
     assert grade_session(summary("s-now", 4, clicks=3), None, low).grade == "benign"  # 3x, but only +2/min
 
