@@ -28,9 +28,13 @@ from analysis.segment_calibration import (
     quat_wxyz_to_rotation,
     rot_z,
 )
-from analysis.sensor_pair import SensorPair
+from analysis.sensor_pair import GapWindows, SensorPair
 
 KNEE_ANGLES = ("flexion_deg", "abduction_deg", "rotation_deg")
+# After a gap too long to bridge, a sensor's inclination is re-acquired from the accelerometer's running
+# mean; over half a stride or squat phase the movement's own accelerations still tilt it by > 5 deg, so
+# the angles stay unknown (NaN) for this long (s) after the first sample back.
+GAP_SETTLE_S = 0.5
 
 
 def side_sign(joint: str) -> float:
@@ -71,19 +75,26 @@ class KneeAngles:
         self._heading_settings = heading
         self.heading: RelativeHeading | None = None
         self._fed = 0  # aligned samples given to the provisional stage
+        self._gaps = GapWindows(GAP_SETTLE_S)  # where either sensor's orientation is unknown
 
     @property
     def calibrated(self) -> bool:
         return self.calibrator.result is not None
 
     def update(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, gyro_dps: np.ndarray,
-               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        q = self._orient[sensor].update(accel_g, gyro_dps)
+               first_index: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        orient = self._orient[sensor]
+        long_gaps = orient.long_gap_count
+        q = orient.update(accel_g, gyro_dps, t_ns, first_index)
+        if orient.long_gap_count != long_gaps and orient.last_long_gap is not None:
+            self._gaps.add(*orient.last_long_gap)
         self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
         t_out, th, sh = self._pair.pop()
         out = {k: np.full(t_out.size, np.nan) for k in KNEE_ANGLES}
         if not t_out.size:
             return t_out, out
+        unknown = self._gaps.mask(t_out)
+        self._gaps.prune(int(t_out[-1]))
         start = 0
         if not self.calibrated:
             rows = np.column_stack((th[:, 0:4], sh[:, 0:4], th[:, 4:7], sh[:, 4:7], th[:, 7:10], sh[:, 7:10]))
@@ -95,9 +106,14 @@ class KneeAngles:
                 self.heading = RelativeHeading(self.rate_hz, self.calibrator.result.heading_rad,
                                                self._heading_settings)
         if start < t_out.size:
-            angles = self._calibrated_angles(th[start:, 0:4], sh[start:, 0:4])
-            for k, v in angles.items():
-                out[k][start:] = v
+            # Rows inside a gap window are left out of the heading estimate as well as the output.
+            rows = start + np.flatnonzero(~unknown[start:])
+            if rows.size:
+                angles = self._calibrated_angles(th[rows, 0:4], sh[rows, 0:4])
+                for k, v in angles.items():
+                    out[k][rows] = v
+        for v in out.values():
+            v[unknown] = np.nan
         return t_out, out
 
     def _provisional_flexion(self, q_thigh: np.ndarray, q_shank: np.ndarray) -> np.ndarray:

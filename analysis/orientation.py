@@ -23,6 +23,7 @@ sensor frame.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from vqf import VQF
@@ -125,6 +126,32 @@ def estimate_gyro_delay_s(gyro_rad_s: np.ndarray, quat_ref: np.ndarray, rate_hz:
     return float((lags[k] + frac) / rate_hz)
 
 
+@dataclass(frozen=True)
+class GapSettings:
+    """How :class:`SegmentOrientation` crosses samples missing from its stream (lost packets, a disconnect,
+    a sensor reboot).
+
+    ``bridge_max_s``: gaps up to this long (s) are bridged by integrating the gyroscope rate linearly
+    interpolated between the last sample before and the first after the gap (no accelerometer step
+    for the missing samples). A lost BLE packet is 50 ms; across it a knee segment in a sprint turns up
+    to ~30 deg, which treating the gap as continuous would leave as an orientation error that VQF's
+    accelerometer correction (tauAcc 3 s, disturbed by running impacts) removes only over seconds.
+    The rate varies little over 0.25 s against the 1-3 Hz of human movement, so the interpolated rate
+    integrates to within a degree or two.
+
+    Longer gaps cannot be bridged: the orientation is held, and the inclination is re-acquired from the
+    accelerometer: VQF's low-pass filter of the accelerometer in the earth frame restarts in its
+    initialisation mode (the running mean over its first ``tauAcc`` seconds), so the stale pre-gap
+    average no longer pulls the inclination. The heading (unobservable in 6D) is kept as it was.
+
+    ``max_continuity_error``: with sample times only (no stream indices), a step between frames longer
+    than ``1 + max_continuity_error`` sample periods counts as a gap.
+    """
+
+    bridge_max_s: float = 0.25
+    max_continuity_error: float = 0.5
+
+
 class SegmentOrientation:
     """Streaming orientation of one sensor. ``update`` takes accel (g) and gyro (deg/s) in the
     sensor frame, shape (n, 3), and returns the 6D quaternions (w, x, y, z), sensor -> earth.
@@ -141,23 +168,84 @@ class SegmentOrientation:
       ahead of a delay-free gyroscope. The prediction is stateless, so chunking cannot change it.
     * ``vqf_params``: VQF parameters (e.g. ``{"tauAcc": 3.0}``) overriding VQF's defaults; none
       are overridden by default.
+    * ``gaps``: :class:`GapSettings`, used when ``update`` is given sample times or stream indices.
+
+    Gaps: given ``t_ns`` (sample wall times, ns) and/or ``first_index`` (the stream index of the
+    chunk's first sample, as in a data frame), a chunk that does not continue the previous one is
+    bridged (see :class:`GapSettings`). An index jump counts the lost samples exactly; an index that
+    goes back (a sensor reboot restarts it) takes the gap's length from the sample times.
+    ``gap_count`` / ``long_gap_count`` count them; ``last_long_gap`` holds the times (ns) of the last
+    sample before and the first after the latest long gap, when sample times were given (for stages
+    that must re-acquire something after it).
     """
 
     def __init__(self, rate_hz: float, *, gyro_delay_s: float | None = None,
-                 vqf_params: Mapping[str, float | bool] | None = None) -> None:
+                 vqf_params: Mapping[str, float | bool] | None = None, gaps: GapSettings | None = None) -> None:
         self.rate_hz = rate_hz
         self.gyro_delay_s = gyro_delay_s
+        self.gap_settings = gaps or GapSettings()
         self._vqf = VQF(1.0 / rate_hz, **dict(vqf_params or {}))
         self._horizon_s = None if gyro_delay_s is None else gyro_delay_s - 0.5 / rate_hz
+        self._last_gyr: np.ndarray | None = None  # rad/s, the newest sample fed
+        self._next_index: int | None = None  # stream index expected next
+        self._next_t_ns: float | None = None  # wall time (ns) expected for the next sample
+        self.gap_count = 0
+        self.long_gap_count = 0
+        self.missing_samples = 0
+        self.last_long_gap: tuple[int, int] | None = None
 
-    def update(self, accel_g: np.ndarray, gyro_dps: np.ndarray) -> np.ndarray:
+    def _missing_before(self, t_ns: np.ndarray | None, first_index: int | None) -> int:
+        """Samples missing between the previous chunk and this one (0: continuous)."""
+        if self._last_gyr is None:
+            return 0
+        if first_index is not None and self._next_index is not None and first_index >= self._next_index:
+            return int(first_index - self._next_index)
+        if t_ns is not None and self._next_t_ns is not None:
+            steps = (float(t_ns[0]) - self._next_t_ns) * self.rate_hz / 1e9
+            if first_index is not None or steps > self.gap_settings.max_continuity_error:
+                # Index restarted (a reboot: at least one sample is lost), or no indices: from the times.
+                return max(int(round(steps)), 1 if first_index is not None else 0)
+        return 0
+
+    def _bridge(self, missing: int, gyr_next: np.ndarray, t_resume_ns: int | None) -> None:
+        assert self._last_gyr is not None
+        self.gap_count += 1
+        self.missing_samples += missing
+        if missing <= self.gap_settings.bridge_max_s * self.rate_hz:
+            w = np.linspace(0.0, 1.0, missing + 2)[1:-1, None]
+            gyr = np.ascontiguousarray(self._last_gyr * (1.0 - w) + gyr_next * w)
+            # VQF skips the accelerometer step for an all-zero sample: gyro-only prediction.
+            self._vqf.updateBatch(gyr, np.zeros_like(gyr))
+            return
+        self.long_gap_count += 1
+        if t_resume_ns is not None and self._next_t_ns is not None:
+            self.last_long_gap = (int(round(self._next_t_ns - 1e9 / self.rate_hz)), t_resume_ns)
+        state = self._vqf.state
+        state["accLpState"] = np.full_like(np.asarray(state["accLpState"], dtype=float), np.nan)
+        self._vqf.state = state
+
+    def update(self, accel_g: np.ndarray, gyro_dps: np.ndarray, t_ns: np.ndarray | None = None,
+               first_index: int | None = None) -> np.ndarray:
         """Feed the next n samples (accel in g, gyro in deg/s, sensor frame, shape (n, 3)); return
-        their orientation quaternions (n, 4), sensor -> earth. State carries across calls."""
+        their orientation quaternions (n, 4), sensor -> earth. State carries across calls. ``t_ns``
+        (n,) sample times (Unix ns) and ``first_index`` (stream index of the first sample) let the
+        stage see and bridge gaps (see the class docstring); without them samples are taken as
+        continuous."""
         gyr = np.ascontiguousarray(np.deg2rad(gyro_dps), dtype=float)
         acc = np.ascontiguousarray(np.asarray(accel_g, dtype=float) * G)
+        if len(gyr) == 0:
+            return np.empty((0, 4))
+        missing = self._missing_before(t_ns, first_index)
+        if missing > 0:
+            self._bridge(missing, gyr[0], None if t_ns is None else int(t_ns[0]))
+        self._last_gyr = gyr[-1].copy()
+        if first_index is not None:
+            self._next_index = first_index + len(gyr)
+        if t_ns is not None:
+            self._next_t_ns = float(t_ns[-1]) + 1e9 / self.rate_hz
         out = self._vqf.updateBatch(gyr, acc)
         quat = out["quat6D"]
-        if self._horizon_s is None or len(quat) == 0:
+        if self._horizon_s is None:
             return quat
         # Right-multiplying rotates about sensor axes, where the gyroscope measures.
         return quat_multiply(quat, quat_from_rotvec((gyr - out["bias"]) * self._horizon_s))

@@ -68,3 +68,33 @@ class SensorPair:
         self._t[self.primary], self._rows[self.primary] = tp[n:], self._rows[self.primary][n:]
         self._t[self.secondary], self._rows[self.secondary] = ts[keep:], self._rows[self.secondary][keep:]
         return t_out, prim, sec
+
+
+class GapWindows:
+    """Time windows (Unix ns) in which a sensor's orientation is unknown: from its last sample before a
+    long gap until ``settle_s`` after the first sample after it (the orientation filter re-acquires the
+    inclination from the accelerometer then, see :class:`analysis.orientation.GapSettings`).
+
+    ``add(sensor, last_before_ns, resume_ns)`` records one; ``mask(t_ns)`` (n,) is True where any
+    recorded window covers ``t_ns``. Windows wholly before ``forget_before_ns`` may be dropped with
+    ``prune``. Times come from the samples, so the mask does not depend on how data were chunked.
+    """
+
+    def __init__(self, settle_s: float) -> None:
+        self.settle_ns = int(round(settle_s * 1e9))
+        self._start = np.empty(0, np.int64)
+        self._end = np.empty(0, np.int64)
+
+    def add(self, last_before_ns: int, resume_ns: int) -> None:
+        self._start = np.append(self._start, np.int64(last_before_ns))
+        self._end = np.append(self._end, np.int64(resume_ns + self.settle_ns))
+
+    def mask(self, t_ns: np.ndarray) -> np.ndarray:
+        t = np.asarray(t_ns, np.int64)
+        if not self._start.size:
+            return np.zeros(t.size, bool)
+        return ((t[:, None] > self._start[None, :]) & (t[:, None] < self._end[None, :])).any(axis=1)
+
+    def prune(self, forget_before_ns: int) -> None:
+        keep = self._end >= forget_before_ns
+        self._start, self._end = self._start[keep], self._end[keep]

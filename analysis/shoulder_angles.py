@@ -65,8 +65,8 @@ class ShoulderAngles:
         return self.trunk_mounting is not None
 
     def update(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, gyro_dps: np.ndarray,
-               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        q = self._orient[sensor].update(accel_g, gyro_dps)
+               first_index: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        q = self._orient[sensor].update(accel_g, gyro_dps, t_ns, first_index)
         self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
         t_out, arm, trunk = self._pair.pop()
         out = {k: np.full(t_out.size, np.nan) for k in SHOULDER_ANGLES}
