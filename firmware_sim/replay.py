@@ -160,6 +160,11 @@ class ReplayLink(SensorLink):
     def describe(self) -> dict[str, Any]:
         return {**self.recording.sensor(self.sensor_index).info, "replayed_from": str(self.recording.path)}
 
+    @property
+    def finished(self) -> bool:
+        """The recording of this sensor is played out: the gateway's supervisor stops, not reconnects."""
+        return self.gone
+
     async def connect(self) -> None:
         if self.gone:
             raise LinkError(f"{self.name}: the replay of this sensor has ended")

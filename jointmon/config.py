@@ -22,12 +22,41 @@ ENV_INFLUX_PASSWORD = "JOINTMON_INFLUX_PASSWORD"
 
 @dataclass(frozen=True)
 class MqttSettings:
+    """Where and how to reach the broker. TLS: ``ca_file`` (else the system CAs), a client certificate
+    (``cert_file`` + ``key_file``) for brokers that authenticate clients by certificate.
+
+    ``protocol``: 4 = MQTT 3.1.1 (the default: the demo's fallback broker speaks nothing newer), 5 =
+    MQTT 5, whose persistent session is ``clean_start = false`` + ``session_expiry_s`` (s). With 3.1.1
+    a persistent session is ``clean_session = false`` and the broker decides how long it lives.
+    ``reconnect_min_s`` / ``reconnect_max_s``: paho's reconnect backoff (doubles from min to max).
+    """
+
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
     password: str | None = None
     tls: bool = False
     keepalive_s: int = 30
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    protocol: int = 4
+    session_expiry_s: int = 24 * 3600  # a gateway offline for a day still finds its session
+    # A LAN broker that restarts is back in seconds: retrying every few seconds costs nothing and
+    # bounds how long frames wait on disk after it is back.
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in (4, 5):
+            raise ConfigError(f"mqtt protocol = {self.protocol!r}: must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError(f"mqtt reconnect_min_s = {self.reconnect_min_s}, reconnect_max_s = "
+                              f"{self.reconnect_max_s}: need 0 < min <= max")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("mqtt cert_file and key_file go together (client certificate and its key)")
+        if self.session_expiry_s < 0 or self.keepalive_s <= 0:
+            raise ConfigError("mqtt session_expiry_s must be >= 0 and keepalive_s > 0")
 
     @classmethod
     def from_url(cls, url: str) -> MqttSettings:

@@ -9,9 +9,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from jointmon.errors import LinkError, PacketError
+from jointmon.errors import PacketError
 from jointmon.frames import Frame, Gap
 from jointmon.gatt import CONTROL_CHAR_UUID, CONTROL_START, STATUS_CHAR_UUID, STREAM_CHAR_UUID
 from jointmon.packets import StreamType, decode_packet
@@ -20,6 +20,7 @@ from jointmon.topics import DataTopic
 from sensor_gateway.clock_map import ClockMap
 from sensor_gateway.link import SensorLink
 from sensor_gateway.stream_assembler import StreamAssembler
+from sensor_gateway.supervisor import LinkState, SensorSupervisor, SupervisorSettings
 
 log = logging.getLogger("jointmon.gateway")
 STREAM_TOPIC_NAME = {StreamType.IMU: "imu", StreamType.MIC_PCM16: "mic"}
@@ -40,6 +41,11 @@ class SensorBinding:
     streams: tuple[StreamType, ...] = (StreamType.IMU, StreamType.MIC_PCM16)
     status: bool = False
 
+    @property
+    def sensor_id(self) -> str:
+        """The sensor's id on the status topic: ``athlete.joint.segment`` (one topic level)."""
+        return f"{self.athlete}.{self.joint}.{self.sensor}"
+
 
 class FramePublisher(Protocol):
     """Where the gateway's frames go: :class:`sensor_gateway.mqtt_publisher.MqttPublisher`, or a stand-in."""
@@ -53,6 +59,14 @@ class FramePublisher(Protocol):
     def publish_gap(self, topic: DataTopic, gap: Gap) -> None:
         """A gap record of the stream ``topic`` (published just before the frame that resumes it)."""
         ...
+
+
+@runtime_checkable
+class SensorStatusPublisher(Protocol):
+    """A publisher that also takes per-sensor status (retained): :class:`MqttPublisher` does."""
+
+    def publish_sensor_status(self, sensor_id: str, state: str, counters: dict[str, int],
+                              info: dict[str, Any]) -> None: ...
 
 
 class GatewayTap(Protocol):
@@ -127,6 +141,10 @@ class _SensorState:
     decoder: SensorDecoder
     last_arrival_ns: int = 0
     status: dict[str, object] = field(default_factory=dict)  # last status JSON from the sensor
+    supervisor: SensorSupervisor | None = None
+    link_up: bool = False  # between the recorder's "start" and "end" link events
+    counters: Counter[str] = field(default_factory=Counter)  # this sensor's supervisor counters
+    rate_mark: tuple[float, int] = (0.0, 0)  # (monotonic s, packets) at the last status, for packets/s
 
 
 class Gateway:
@@ -138,9 +156,14 @@ class Gateway:
     """
 
     def __init__(self, publisher: FramePublisher, bindings: list[SensorBinding],
-                 recorder: GatewayTap | None = None) -> None:
+                 recorder: GatewayTap | None = None, *, supervisor: SupervisorSettings | None = None,
+                 status_interval_s: float = 5.0) -> None:
+        """``supervisor``: retry/backoff/watchdog timing; ``status_interval_s``: how often (s) the gateway
+        and sensor statuses (counters, packets/s, loss %) are published and logged."""
         self.publisher = publisher
         self.recorder = recorder
+        self.supervisor_settings = supervisor or SupervisorSettings()
+        self.status_interval_s = status_interval_s
         self.counters: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
         self._sensors = [
@@ -167,6 +190,8 @@ class Gateway:
         if arrival_ns is None:
             arrival_ns = time.time_ns()
         state.last_arrival_ns = max(state.last_arrival_ns, arrival_ns)
+        if state.supervisor is not None:
+            state.supervisor.touch()
         if self.recorder is not None:
             self.recorder.on_notification(state.index, stream, arrival_ns, data, link_time)
         return arrival_ns
@@ -206,33 +231,99 @@ class Gateway:
             self._on_packet(state, stream, data, arrival_ns)
         return on_packet
 
-    async def _run_sensor(self, state: _SensorState) -> None:
+    async def _start_link(self, state: _SensorState) -> None:
+        """Connected: subscribe to the streams (and status), then tell the sensor to stream."""
         link = state.binding.link
-        try:
-            await link.connect()
-            for stream in state.binding.streams:
-                await link.start_notify(STREAM_CHAR_UUID[stream], self._notify_callback(state, stream))
-            if state.binding.status:
-                await link.start_notify(STATUS_CHAR_UUID, self._notify_callback(state, None))
-            await link.write(CONTROL_CHAR_UUID, bytes([CONTROL_START]))  # sensors stream only when told
-            if self.recorder is not None:
-                self.recorder.on_link_event(state.index, "start", time.time_ns())
-            await link.wait_disconnected()
-        except LinkError as exc:
-            self.counters["link_errors"] += 1
-            log.error("%s: %s", link.name, exc)
-        finally:
-            if self.recorder is not None:  # marks where the flush below happened, for an exact replay
-                self.recorder.on_link_event(state.index, "end", max(time.time_ns(), state.last_arrival_ns))
-            frames = state.decoder.flush()
-            for topic, gap in state.decoder.take_gaps():
-                self.publisher.publish_gap(topic, gap)
-            for topic, frame in frames:
-                self.publisher.publish_frame(topic, frame)
-            await link.disconnect()
+        for stream in state.binding.streams:
+            await link.start_notify(STREAM_CHAR_UUID[stream], self._notify_callback(state, stream))
+        if state.binding.status:
+            await link.start_notify(STATUS_CHAR_UUID, self._notify_callback(state, None))
+        await link.write(CONTROL_CHAR_UUID, bytes([CONTROL_START]))  # sensors stream only when told
+        state.link_up = True
+        if self.recorder is not None:
+            self.recorder.on_link_event(state.index, "start", time.time_ns())
+
+    def _end_link(self, state: _SensorState, reason: str) -> None:
+        """The link is gone (dropped, silent, session over): flush what the assemblers hold."""
+        if not state.link_up:
+            return
+        state.link_up = False
+        if self.recorder is not None:  # marks where the flush below happened, for an exact replay
+            self.recorder.on_link_event(state.index, "end", max(time.time_ns(), state.last_arrival_ns))
+        frames = state.decoder.flush()
+        for topic, gap in state.decoder.take_gaps():
+            self.publisher.publish_gap(topic, gap)
+        for topic, frame in frames:
+            self.publisher.publish_frame(topic, frame)
+
+    def _sensor_status(self, state: _SensorState) -> tuple[str, dict[str, int], dict[str, Any]]:
+        """(state, counters, info gauges) of one sensor for its status topic."""
+        sup = state.supervisor
+        stream = state.decoder.stream_counters()
+        received = int(stream.get("packets", 0))
+        lost = int(stream.get("lost_packets", 0))
+        now = time.monotonic()
+        t0, n0 = state.rate_mark
+        state.rate_mark = (now, received)
+        info: dict[str, Any] = {
+            "packets_per_s": round((received - n0) / (now - t0), 1) if t0 and now > t0 else None,
+            "loss_pct": round(100.0 * lost / (received + lost), 3) if received + lost else 0.0,
+            "rssi_dbm": state.binding.link.rssi_dbm,
+            "battery_pct": state.status.get("battery_pct"),
+            "clock_drift_ppm": getattr(state.decoder.clock, "drift_ppm", None),
+            "link": state.binding.link.name,
+        }
+        counters = {**{k: int(v) for k, v in stream.items()}, **dict(state.counters)}
+        return (sup.state.value if sup is not None else "stopped"), counters, info
+
+    def publish_sensor_status(self, state: _SensorState) -> None:
+        if isinstance(self.publisher, SensorStatusPublisher):
+            self.publisher.publish_sensor_status(state.binding.sensor_id, *self._sensor_status(state))
+
+    def _on_state(self, state: _SensorState, new: LinkState) -> None:
+        log.info("%s (%s): %s", state.binding.link.name, state.binding.sensor_id, new.value)
+        self.publish_sensor_status(state)
+
+    async def _run_sensor(self, state: _SensorState) -> None:
+        sup = SensorSupervisor(
+            state.binding.link, self.supervisor_settings,
+            on_connected=lambda: self._start_link(state),
+            on_link_end=lambda reason: self._end_link(state, reason),
+            on_state=lambda new: self._on_state(state, new),
+            counters=state.counters)
+        state.supervisor = sup
+        await sup.run()
+
+    def health(self) -> Counter[str]:
+        """Every counter: packets received/rejected by reason, stream counters, supervisor recoveries."""
+        total = self.counters + self.stream_counters()
+        for s in self._sensors:
+            total.update(s.counters)
+        return total
+
+    def _publish_health(self, state: str) -> None:
+        self.publisher.extra_counters = self.health()
+        self.publisher.publish_status(state)
+        for s in self._sensors:
+            self.publish_sensor_status(s)
+
+    async def _status_loop(self) -> None:
+        """Every ``status_interval_s``: gateway and sensor statuses on MQTT, counters in the log."""
+        while True:
+            await asyncio.sleep(self.status_interval_s)
+            self._publish_health("online")
+            log.info("gateway health: %s", dict(sorted(self.extra_health().items())))
+
+    def extra_health(self) -> Counter[str]:
+        """The gateway's counters plus the publisher's (published, queued, dropped), for the log."""
+        return self.health() + Counter(getattr(self.publisher, "counters", Counter()))
 
     async def run(self) -> None:
-        """Stream every sensor until all links end (session over, or dropped)."""
-        await asyncio.gather(*(self._run_sensor(s) for s in self._sensors))
-        self.publisher.extra_counters = self.counters + self.stream_counters()
-        self.publisher.publish_status("online")
+        """Supervise every sensor until all sessions end (simulated/replayed links) or the task is cancelled."""
+        status_task = asyncio.create_task(self._status_loop())
+        try:
+            await asyncio.gather(*(self._run_sensor(s) for s in self._sensors))
+        finally:
+            status_task.cancel()
+            await asyncio.gather(status_task, return_exceptions=True)
+            self._publish_health("online")

@@ -41,4 +41,19 @@ class SensorLink(ABC):
 
     @abstractmethod
     async def disconnect(self) -> None:
-        """Close the link; safe to call twice."""
+        """Close the link; safe to call twice. The supervisor may :meth:`connect` again afterwards."""
+
+    @property
+    def finished(self) -> bool:
+        """True when the sensor has nothing more to send (a simulated or replayed session is over): the
+        supervisor stops instead of reconnecting. A real sensor is never finished."""
+        return False
+
+    @property
+    def rssi_dbm(self) -> int | None:
+        """Signal strength of the last advertisement or connection, dBm (None: unknown)."""
+        return None
+
+    async def close(self) -> None:
+        """Release everything for good (the gateway stops); default: :meth:`disconnect`."""
+        await self.disconnect()
