@@ -20,11 +20,10 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from analysis.hinge_heading import HeadingSettings, RelativeHeading
-from analysis.orientation import SegmentOrientation, sagittal_inclination_deg
+from analysis.orientation import SegmentOrientation, gravity_in_sensor
 from analysis.segment_calibration import (
     CalibrationSettings,
     KneeCalibrator,
-    mounting_from_axes,
     quat_wxyz_to_rotation,
     rot_z,
 )
@@ -58,6 +57,18 @@ def knee_angles_from_segments(r_thigh: Rotation, r_shank: Rotation, joint: str) 
     return {"flexion_deg": e[:, 0], "abduction_deg": s * e[:, 1], "rotation_deg": -s * e[:, 2]}
 
 
+def _segment_inclination_deg(q: np.ndarray, z_sensor: np.ndarray) -> np.ndarray:
+    """Sagittal inclination (deg) of a segment whose long axis is ``z_sensor`` (n, 3) in the sensor frame
+    (y medio-lateral: the sensor's y made perpendicular to it, as in ``mounting_from_axes``), from the
+    sensor's 6D quaternions ``q`` (n, 4); ``sagittal_inclination_deg`` for ``z_sensor`` = sensor z."""
+    z = z_sensor / np.linalg.norm(z_sensor, axis=1, keepdims=True)
+    y = np.array([0.0, 1.0, 0.0]) - z[:, 1:2] * z
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    x = np.cross(y, z)
+    up = gravity_in_sensor(q)  # earth up in sensor coordinates; its segment coordinates are M @ up
+    return np.degrees(np.arctan2(-np.sum(x * up, axis=1), np.sum(z * up, axis=1)))
+
+
 class KneeAngles:
     """Feed each sensor's IMU frames (``update("thigh" | "shank", t_ns, accel_g, gyro_dps)``, sensor frame,
     (n, 3)); get ``(t_ns, {"flexion_deg", "abduction_deg", "rotation_deg"})`` (deg) at the thigh's sample
@@ -86,8 +97,8 @@ class KneeAngles:
         orient = self._orient[sensor]
         long_gaps = orient.long_gap_count
         q = orient.update(accel_g, gyro_dps, t_ns, first_index)
-        if orient.long_gap_count != long_gaps and orient.last_long_gap is not None:
-            self._gaps.add(*orient.last_long_gap)
+        for gap in list(orient.long_gaps)[len(orient.long_gaps) - min(orient.long_gap_count - long_gaps, 16):]:
+            self._gaps.add(*gap)
         self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
         t_out, th, sh = self._pair.pop()
         out = {k: np.full(t_out.size, np.nan) for k in KNEE_ANGLES}
@@ -118,23 +129,21 @@ class KneeAngles:
 
     def _provisional_flexion(self, q_thigh: np.ndarray, q_shank: np.ndarray) -> np.ndarray:
         """Flexion (deg) before calibration: difference of the segments' sagittal inclinations, with each
-        sensor's tilt on its segment corrected by the standing pose once that is seen (the mounting about
-        the long axis is taken as ideal), with ideal mounting before."""
+        sensor's tilt on its segment corrected by its long axis from standing still (the mounting about
+        the long axis is taken as ideal): the standing pose once it is found; before that, the latest
+        still run so far (the session starts standing); ideal mounting before any still run."""
         n0 = self._fed
-        self._fed += q_thigh.shape[0]
-        flex = sagittal_inclination_deg(q_shank) - sagittal_inclination_deg(q_thigh)
-        stand_end, axes = self.calibrator.stand_end, self.calibrator.stand_axes
-        if stand_end is None or axes is None:
-            return flex
-        k = min(max(stand_end - n0, 0), flex.size)
-        if k < flex.size:
-            incl = []
-            for q, z in ((q_thigh[k:], axes[0]), (q_shank[k:], axes[1])):
-                m = mounting_from_axes(z, np.array([0.0, 1.0, 0.0]))
-                up = (quat_wxyz_to_rotation(q) * Rotation.from_matrix(m.T)).inv().apply([0.0, 0.0, 1.0])
-                incl.append(np.degrees(np.arctan2(-up[:, 0], up[:, 2])))
-            flex[k:] = incl[1] - incl[0]
-        return flex
+        n = q_thigh.shape[0]
+        self._fed += n
+        cal = self.calibrator
+        axes = np.full((n, 6), np.nan)
+        if cal.still_axes_rows is not None and cal.still_axes_rows.shape[0] >= n:
+            axes[:] = cal.still_axes_rows[:n]
+        stand_end = cal.stand_end
+        if stand_end is not None and cal.stand_axes is not None:
+            axes[min(max(stand_end - n0, 0), n):] = np.concatenate(cal.stand_axes)
+        axes = np.where(np.isfinite(axes), axes, np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]))
+        return (_segment_inclination_deg(q_shank, axes[:, 3:]) - _segment_inclination_deg(q_thigh, axes[:, :3]))
 
     def _calibrated_angles(self, q_thigh: np.ndarray, q_shank: np.ndarray) -> dict[str, np.ndarray]:
         cal, heading = self.calibrator.result, self.heading

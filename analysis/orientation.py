@@ -22,6 +22,7 @@ sensor frame.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -174,9 +175,9 @@ class SegmentOrientation:
     chunk's first sample, as in a data frame), a chunk that does not continue the previous one is
     bridged (see :class:`GapSettings`). An index jump counts the lost samples exactly; an index that
     goes back (a sensor reboot restarts it) takes the gap's length from the sample times.
-    ``gap_count`` / ``long_gap_count`` count them; ``last_long_gap`` holds the times (ns) of the last
-    sample before and the first after the latest long gap, when sample times were given (for stages
-    that must re-acquire something after it).
+    ``gap_count`` / ``long_gap_count`` count them; ``long_gaps`` holds, for the latest long gaps, the
+    times (ns) of the last sample before and the first after, when sample times were given (for stages
+    that must re-acquire something after one).
     """
 
     def __init__(self, rate_hz: float, *, gyro_delay_s: float | None = None,
@@ -192,19 +193,21 @@ class SegmentOrientation:
         self.gap_count = 0
         self.long_gap_count = 0
         self.missing_samples = 0
-        self.last_long_gap: tuple[int, int] | None = None
+        self.long_gaps: deque[tuple[int, int]] = deque(maxlen=16)
 
     def _missing_before(self, t_ns: np.ndarray | None, first_index: int | None) -> int:
         """Samples missing between the previous chunk and this one (0: continuous)."""
         if self._last_gyr is None:
             return 0
-        if first_index is not None and self._next_index is not None and first_index >= self._next_index:
-            return int(first_index - self._next_index)
-        if t_ns is not None and self._next_t_ns is not None:
-            steps = (float(t_ns[0]) - self._next_t_ns) * self.rate_hz / 1e9
-            if first_index is not None or steps > self.gap_settings.max_continuity_error:
-                # Index restarted (a reboot: at least one sample is lost), or no indices: from the times.
-                return max(int(round(steps)), 1 if first_index is not None else 0)
+        steps = None if t_ns is None or self._next_t_ns is None else \
+            (float(t_ns[0]) - self._next_t_ns) * self.rate_hz / 1e9
+        if first_index is not None and self._next_index is not None:
+            if first_index >= self._next_index:
+                return int(first_index - self._next_index)
+            # The index went back: the sensor rebooted (>= 1 sample lost); the times tell how many.
+            return max(int(round(steps)), 1) if steps is not None else 1
+        if steps is not None and steps > self.gap_settings.max_continuity_error:
+            return int(round(steps))
         return 0
 
     def _bridge(self, missing: int, gyr_next: np.ndarray, t_resume_ns: int | None) -> None:
@@ -219,7 +222,7 @@ class SegmentOrientation:
             return
         self.long_gap_count += 1
         if t_resume_ns is not None and self._next_t_ns is not None:
-            self.last_long_gap = (int(round(self._next_t_ns - 1e9 / self.rate_hz)), t_resume_ns)
+            self.long_gaps.append((int(round(self._next_t_ns - 1e9 / self.rate_hz)), t_resume_ns))
         state = self._vqf.state
         state["accLpState"] = np.full_like(np.asarray(state["accLpState"], dtype=float), np.nan)
         self._vqf.state = state
@@ -235,12 +238,28 @@ class SegmentOrientation:
         acc = np.ascontiguousarray(np.asarray(accel_g, dtype=float) * G)
         if len(gyr) == 0:
             return np.empty((0, 4))
+        if t_ns is not None and len(gyr) > 1:
+            # A chunk that holds a gap itself (gateway frames never do) is cut there: the same result as
+            # receiving it in frames, the part after the gap located by its times.
+            cut = np.flatnonzero(np.diff(t_ns) > (1 + self.gap_settings.max_continuity_error) * 1e9 / self.rate_hz)
+            if cut.size:
+                parts = np.split(np.arange(len(gyr)), cut + 1)
+                out = [self._update_run(acc[parts[0]], gyr[parts[0]], t_ns[parts[0]], first_index)]
+                for part in parts[1:]:
+                    self._next_index = None  # the index after a gap inside a chunk is unknown
+                    out.append(self._update_run(acc[part], gyr[part], t_ns[part], None))
+                return np.concatenate(out)
+        return self._update_run(acc, gyr, t_ns, first_index)
+
+    def _update_run(self, acc: np.ndarray, gyr: np.ndarray, t_ns: np.ndarray | None,
+                    first_index: int | None) -> np.ndarray:
+        """``update`` for samples without a gap among them (acc m/s^2, gyr rad/s)."""
+        acc, gyr = np.ascontiguousarray(acc), np.ascontiguousarray(gyr)
         missing = self._missing_before(t_ns, first_index)
         if missing > 0:
             self._bridge(missing, gyr[0], None if t_ns is None else int(t_ns[0]))
         self._last_gyr = gyr[-1].copy()
-        if first_index is not None:
-            self._next_index = first_index + len(gyr)
+        self._next_index = None if first_index is None else first_index + len(gyr)
         if t_ns is not None:
             self._next_t_ns = float(t_ns[-1]) + 1e9 / self.rate_hz
         out = self._vqf.updateBatch(gyr, acc)

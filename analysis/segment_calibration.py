@@ -42,6 +42,7 @@ class CalibrationSettings:
     moving_gyro_dps: float = 30.0  # a sample is movement when either sensor turns faster (deg/s)
     movement_rotation_deg: float = 120.0  # each sensor turns this much in total before the axes are fitted
     max_buffer_s: float = 120.0  # samples kept while waiting for a standing pose and movement (s)
+    provisional_still_min_s: float = 0.025  # a still run this long already gives provisional long axes (s)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,13 @@ class KneeCalibrator:
         self._offset = 0  # absolute index of the first buffered row
         # Once the standing pose is found: each segment's long axis in its sensor frame (thigh, shank).
         self.stand_axes: tuple[np.ndarray, np.ndarray] | None = None
+        # Before it is found: per row of the last chunk fed, the mean accelerometer (thigh, shank: (n, 6), g)
+        # of the latest still run of at least provisional_still_min_s up to that row (NaN: none yet). The
+        # session starts standing, so this is the long axes' best estimate while the pose is still being
+        # timed, instead of taking the sensors as ideally mounted for that first second.
+        self.still_axes_rows: np.ndarray | None = None
+        self._run_sum = np.zeros(6)  # accelerometer sum of the still run in progress at the chunk's end
+        self._last_still_mean = np.full(6, np.nan)
 
     @property
     def stand_end(self) -> int | None:
@@ -196,6 +204,7 @@ class KneeCalibrator:
             run = np.where(last_break >= 0, idx - last_break, idx + 1 + self._still_run)
             run = np.where(still, run, 0)
             hit = np.flatnonzero(run >= need)
+            self._provisional_axes(rows, still, run, last_break)
             self._still_run = int(run[-1])
             if hit.size:
                 end = self._n + int(hit[0]) + 1
@@ -220,6 +229,20 @@ class KneeCalibrator:
         else:
             self._trim()
         return done_at
+
+    def _provisional_axes(self, rows: np.ndarray, still: np.ndarray, run: np.ndarray, last_break: np.ndarray,
+                          ) -> None:
+        """Set ``still_axes_rows`` for this chunk (vectorised running means of the still runs)."""
+        acc = np.column_stack((rows[:, 8:11], rows[:, 11:14])) * still[:, None]
+        cs = np.cumsum(acc, axis=0)
+        before = np.where(last_break[:, None] >= 0, cs[np.maximum(last_break, 0)], -self._run_sum)
+        run_sum = cs - before  # sum over the still run ending at each row (0 where not still)
+        ok = run >= max(int(round(self.settings.provisional_still_min_s * self.rate_hz)), 1)
+        mean = np.where(ok[:, None], run_sum / np.maximum(run, 1)[:, None], np.nan)
+        last = np.maximum.accumulate(np.where(ok, np.arange(ok.size), -1))
+        self.still_axes_rows = np.where(last[:, None] >= 0, mean[np.maximum(last, 0)], self._last_still_mean)
+        self._run_sum = run_sum[-1] if still[-1] else np.zeros(6)
+        self._last_still_mean = self.still_axes_rows[-1]
 
     def _trim(self) -> None:
         keep = int(self.settings.max_buffer_s * self.rate_hz)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from analysis.knee_angles import side_sign
+from analysis.knee_angles import GAP_SETTLE_S, side_sign
 from analysis.orientation import SegmentOrientation
 from analysis.segment_calibration import mounting_from_axes, quat_wxyz_to_rotation
-from analysis.sensor_pair import SensorPair
+from analysis.sensor_pair import GapWindows, SensorPair
 
 SHOULDER_ANGLES = ("elevation_deg", "plane_deg", "rotation_deg")
 
@@ -59,6 +59,7 @@ class ShoulderAngles:
         self._run = 0
         self._acc_sum = np.zeros(3)
         self.trunk_mounting: np.ndarray | None = None
+        self._gaps = GapWindows(GAP_SETTLE_S)  # after long gaps, as for the knee: orientation unknown
 
     @property
     def calibrated(self) -> bool:
@@ -66,10 +67,17 @@ class ShoulderAngles:
 
     def update(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, gyro_dps: np.ndarray,
                first_index: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        q = self._orient[sensor].update(accel_g, gyro_dps, t_ns, first_index)
+        orient = self._orient[sensor]
+        long_gaps = orient.long_gap_count
+        q = orient.update(accel_g, gyro_dps, t_ns, first_index)
+        for gap in list(orient.long_gaps)[len(orient.long_gaps) - min(orient.long_gap_count - long_gaps, 16):]:
+            self._gaps.add(*gap)
         self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
         t_out, arm, trunk = self._pair.pop()
         out = {k: np.full(t_out.size, np.nan) for k in SHOULDER_ANGLES}
+        unknown = self._gaps.mask(t_out)
+        if t_out.size:
+            self._gaps.prune(int(t_out[-1]))
         start = 0
         if not self.calibrated and t_out.size:
             still = ((np.linalg.norm(arm[:, 7:10], axis=1) < self._still_gyro_dps)
@@ -92,4 +100,6 @@ class ShoulderAngles:
             r_arm = quat_wxyz_to_rotation(arm[start:, 0:4])
             for k, v in shoulder_angles_from_segments(r_trunk, r_arm, self.joint).items():
                 out[k][start:] = v
+        for v in out.values():
+            v[unknown] = np.nan
         return t_out, out
