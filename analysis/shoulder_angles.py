@@ -5,9 +5,11 @@ R_z(-s plane) R_x(s elevation) R_z(s (plane - rotation))``, ``s`` = +1 left, -1 
 arm hanging, plane 0 = frontal-plane abduction, 90 = forward flexion.
 
 Calibration: the trunk's long axis is the gravity direction in its sensor while standing still
-(the trunk is upright then; the arm is not necessarily hanging, e.g. in the front rack, so no
-pose is assumed for it); the upper-arm sensor is taken as mounted along the humerus (its
-misalignment, 3-15 deg, remains in the angles). Elevation depends on the relative heading of
+(the trunk is upright then). The upper arm's long axis comes from the same pose only when the arm
+hangs (its sensor's z within ``ARM_HANGING_MAX_DEG`` of gravity): a session may start in the front
+rack or a dead hang, where the humerus is not vertical and nothing tells its axis; then the sensor
+is taken as mounted along the humerus and its misalignment (3-15 deg) remains in the elevation.
+Elevation depends on the relative heading of
 the two 6D orientations only through the trunk's lean, so it is nearly heading-free. Plane and
 rotation need that heading, which a 3-DoF joint does not constrain; it is taken from VQF's
 initialisation (both earth frames start at their sensor's heading) and drifts with the gyro
@@ -25,6 +27,10 @@ from analysis.segment_calibration import mounting_from_axes, quat_wxyz_to_rotati
 from analysis.sensor_pair import GapWindows, SensorPair
 
 SHOULDER_ANGLES = ("elevation_deg", "plane_deg", "rotation_deg")
+# The standing pose calibrates the upper arm's long axis only when the arm hangs: the sensor's z axis is
+# then within its misalignment (<= 15 deg) of the measured gravity. A front rack (elevation 70-80 deg) or
+# a dead hang (150-170 deg) is far outside this, so neither is mistaken for a hanging arm.
+ARM_HANGING_MAX_DEG = 30.0
 
 
 def shoulder_angles_from_segments(r_trunk: Rotation, r_upper_arm: Rotation, joint: str) -> dict[str, np.ndarray]:
@@ -58,7 +64,13 @@ class ShoulderAngles:
         self._still_gyro_dps = still_gyro_dps
         self._run = 0
         self._acc_sum = np.zeros(3)
+        self._arm_acc_sum = np.zeros(3)
         self.trunk_mounting: np.ndarray | None = None
+        # Sensor -> humerus rotation: from the standing pose when the arm hangs (its long axis is then the
+        # measured gravity, so the tilt of the sensor on the arm is removed, which is what elevation
+        # depends on); else the sensor is taken as mounted along the humerus (``arm_calibrated`` False).
+        self.arm_mounting = np.eye(3)
+        self.arm_calibrated = False
         self._gaps = GapWindows(GAP_SETTLE_S)  # after long gaps, as for the knee: orientation unknown
 
     @property
@@ -89,15 +101,20 @@ class ShoulderAngles:
                 if still[i]:
                     self._run += 1
                     self._acc_sum += trunk[i, 4:7]
+                    self._arm_acc_sum += arm[i, 4:7]
                     if self._run >= self._need:
                         self.trunk_mounting = mounting_from_axes(self._acc_sum / self._run, np.array([0.0, 1.0, 0.0]))
+                        up = self._arm_acc_sum / np.linalg.norm(self._arm_acc_sum)
+                        if np.degrees(np.arccos(np.clip(up[2], -1.0, 1.0))) < ARM_HANGING_MAX_DEG:
+                            self.arm_mounting = mounting_from_axes(up, np.array([0.0, 1.0, 0.0]))
+                            self.arm_calibrated = True
                         start = i + 1
                         break
                 else:
-                    self._run, self._acc_sum = 0, np.zeros(3)
+                    self._run, self._acc_sum, self._arm_acc_sum = 0, np.zeros(3), np.zeros(3)
         if self.trunk_mounting is not None and start < t_out.size:
             r_trunk = quat_wxyz_to_rotation(trunk[start:, 0:4]) * Rotation.from_matrix(self.trunk_mounting.T)
-            r_arm = quat_wxyz_to_rotation(arm[start:, 0:4])
+            r_arm = quat_wxyz_to_rotation(arm[start:, 0:4]) * Rotation.from_matrix(self.arm_mounting.T)
             for k, v in shoulder_angles_from_segments(r_trunk, r_arm, self.joint).items():
                 out[k][start:] = v
         for v in out.values():
