@@ -67,3 +67,17 @@ class ImuContext:
         vals = [self.accel_window(s, t0_ns, t1_ns) for s in self._traces]
         vals = [v for v in vals if v.size]
         return float(max(v.max() for v in vals)) if vals else 0.0
+
+    def free_fall_s(self, t0_ns: int, t1_ns: int, below_g: float) -> float:
+        """Time (s) in [t0, t1] during which every sensor reads |accel| below ``below_g`` (ballistic flight: a
+        free-falling body's sensors read ~0 g); 0 without data. Each sample counts for the interval to the next."""
+        if not self._traces:
+            return 0.0
+        low_s = []
+        for tr in self._traces.values():
+            sel = (tr.t_ns >= t0_ns) & (tr.t_ns <= t1_ns)
+            t, a = tr.t_ns[sel], tr.acc_g[sel]
+            if t.size < 2:
+                return 0.0
+            low_s.append(float(np.sum(np.diff(t)[a[:-1] < below_g])) / 1e9)
+        return min(low_s)

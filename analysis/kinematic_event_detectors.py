@@ -18,7 +18,7 @@ results do not depend on how the stream is cut into chunks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,6 +39,12 @@ class KinematicSettings:
     rom: RomSettings = field(default_factory=RomSettings)
     rep: RepSettings | None = None  # None: knee flexion 40/20 deg; shoulder: rest and direction learned
     emit_reps: bool = True  # also return one "rep" event per completed rep (ROM, peak valgus in details)
+    # A jump's landing absorption is part of the jump's rep, not a rep of its own: an excursion that starts
+    # within jump_gap_s of the previous rep's end, with a ballistic flight between them (every sensor below
+    # free_fall_g for at least flight_min_s; running's swing leg is never that quiet), is merged into it.
+    jump_gap_s: float = 1.2  # s
+    free_fall_g: float = 0.4  # |accel| of a body in flight, g
+    flight_min_s: float = 0.12  # s
 
 
 class KinematicEvents:
@@ -55,6 +61,8 @@ class KinematicEvents:
         self.valgus = ValgusDetector(s.valgus) if joint_kind == "knee" else None
         self.instability = InstabilityDetector(s.instability, self.imu) if joint_kind == "knee" else None
         self.reps: list[Rep] = []
+        self.landings_merged = 0  # landing absorptions merged into their jump's rep
+        self._last_end_ns: int | None = None  # end of the previous excursion (rep or landing), ns
         self._pre: list[tuple[np.ndarray, np.ndarray]] = []  # driving angle held until its rest is known
 
     @property
@@ -93,11 +101,24 @@ class KinematicEvents:
         else:
             self._pre.append((t_ns, drive))
         for rep in reps:
+            if self._is_landing(rep):
+                self._last_end_ns = rep.t_end_ns
+                self.landings_merged += 1
+                continue
+            self._last_end_ns = rep.t_end_ns
+            rep = replace(rep, index=len(self.reps) + 1)
             self.reps.append(rep)
             out += self.rom.on_rep(rep, float(rc.excursion(np.array([rep.peak_flexion_deg]))[0]))
             if self.settings.emit_reps:
                 out.append(self._rep_event(rep))
         return sorted(out, key=lambda e: (e.t_ns, e.type))
+
+    def _is_landing(self, rep: Rep) -> bool:
+        """True when ``rep`` is the landing absorption after a jump (flight since the previous excursion)."""
+        s = self.settings
+        if self._last_end_ns is None or rep.t_start_ns - self._last_end_ns > s.jump_gap_s * 1e9:
+            return False
+        return self.imu.free_fall_s(self._last_end_ns, rep.t_start_ns, s.free_fall_g) >= s.flight_min_s
 
     def _rep_event(self, rep: Rep) -> KinematicEvent:
         details: dict[str, float | int | None] = {

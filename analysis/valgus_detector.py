@@ -9,9 +9,15 @@ angle helper's convention), ``rotation_deg`` (tibial internal rotation positive)
 * An episode: re-referenced abduction above ``threshold_deg`` (off below ``threshold_deg - hysteresis_deg``)
   while the knee is flexed beyond ``min_flexion_deg`` (loaded flexion), lasting ``min_duration_s``. Episodes
   closer than ``merge_gap_s`` are one (a jump squat's countermovement and its landing absorption).
-* The event comes out when the episode ends: onset time, magnitude = peak abduction (deg), details: duration
-  (s), flexion at the peak (deg), and the frontal-plane projection angle (FPPA, the 2-D video measure) at the
-  peak, estimated with :func:`fppa_deg`.
+* Latency: the event comes out as soon as the episode is confirmed (``min_duration_s`` above the threshold in
+  loaded flexion; ~0.14 s after the onset with the smoothing delay), not when it ends (0.3-2 s later). It
+  carries the onset time and what is known at confirmation: magnitude = peak abduction so far (deg), details:
+  ``confirmed_after_s``, flexion at that peak (deg) and the frontal-plane projection angle (FPPA, the 2-D video
+  measure) there, estimated with :func:`fppa_deg`. The final peak of the rep comes with the rep
+  (:meth:`peak_between`: ``peak_valgus_deg`` / ``fppa_deg`` of the "rep" event), and the duration of the last
+  closed episode is :attr:`ValgusDetector.last_episode_s`.
+* Samples with unknown abduction (NaN: before the sensor-to-segment calibration) are never an episode and do not
+  touch the standing reference.
 """
 
 from __future__ import annotations
@@ -82,8 +88,9 @@ class ValgusDetector:
         self.history = History(("t", "f", "a", "r"), keep=self._keep)  # re-referenced angles (deg)
         self._on = False
         self._start = 0  # absolute index of the open episode's onset
-        self._last_end_ns: int | None = None  # end of the last emitted episode (for merging)
+        self._confirmed = False  # the open episode lasted min_duration_s (emitted, or merged into the last event)
         self._merge_until_ns = np.iinfo(np.int64).min
+        self.last_episode_s = 0.0  # duration of the last confirmed episode, once it has ended (s)
         self._min_n = max(1, int(round(s.min_duration_s * s.rate_hz)))
 
     def update(self, t_ns: np.ndarray, flexion_deg: np.ndarray, abduction_deg: np.ndarray,
@@ -108,25 +115,32 @@ class ValgusDetector:
                 hits = np.flatnonzero((a[i:] > on_thr) & loaded[i:])
                 if not hits.size:
                     break
-                self._on, self._start = True, base + i + int(hits[0])
+                self._on, self._start, self._confirmed = True, base + i + int(hits[0]), False
                 i += int(hits[0])
             else:
-                hits = np.flatnonzero((a[i:] < off_thr) | ~loaded[i:])
+                hits = np.flatnonzero(~(a[i:] >= off_thr) | ~loaded[i:])  # NaN ends an episode
+                end = base + i + int(hits[0]) if hits.size else base + n
+                if not self._confirmed and self._start + self._min_n <= end:
+                    self._confirmed = True
+                    ev = self._confirm(self._start)
+                    if ev is not None:
+                        out.append(ev)
                 if not hits.size:
                     break
-                end = base + i + int(hits[0])
                 self._on = False
-                ev = self._close(self._start, end)
-                if ev is not None:
-                    out.append(ev)
-                i += int(hits[0])
+                if self._confirmed:
+                    t_end = float(self.history.window("t", end - 1, end)[0])
+                    t_on = float(self.history.window("t", self._start, self._start + 1)[0])
+                    self.last_episode_s = (t_end - t_on) / 1e9
+                    self._merge_until_ns = int(t_end) + int(s.merge_gap_s * 1e9)
+                i = end - base
         self.history.trim(self._start if self._on else None)
         return out
 
     def _baseline(self, f: np.ndarray, a: np.ndarray) -> np.ndarray:
         """The standing-abduction reference before each sample (deg): an EMA over quiet-standing samples only."""
         s = self.settings
-        stand = f < s.standing_max_flexion_deg
+        stand = (f < s.standing_max_flexion_deg) & np.isfinite(a)
         ref = np.full(a.size, self.baseline_deg)
         if stand.any():
             x = a[stand]
@@ -143,28 +157,26 @@ class ValgusDetector:
             self.baseline_deg = float(y[-1])
         return ref
 
-    def _close(self, start: int, end: int) -> KinematicEvent | None:
+    def _confirm(self, start: int) -> KinematicEvent | None:
+        """The episode starting at absolute index ``start`` has lasted ``min_duration_s``: its event (None when
+        it continues the last event's movement, e.g. a jump's landing after the countermovement)."""
         s = self.settings
         h = self.history
-        if end - start < self._min_n:
-            return None
+        end = start + self._min_n
         t = h.window("t", start, end)
         if t[0] < self._merge_until_ns:
-            # Same movement as the last event (e.g. the landing after a jump's countermovement): merged into it.
-            self._merge_until_ns = int(t[-1]) + int(s.merge_gap_s * 1e9)
             return None
         a = h.window("a", start, end)
         k = int(np.argmax(a))
         f_pk = float(h.window("f", start + k, start + k + 1)[0])
         r_pk = float(h.window("r", start + k, start + k + 1)[0])
         fp = float(fppa_deg(f_pk, float(a[k]), r_pk, shank_share=s.shank_inclination_share))
-        self._merge_until_ns = int(t[-1]) + int(s.merge_gap_s * 1e9)
         peak = float(a[k])
         conf = float(np.clip(0.5 + 0.1 * (peak - s.threshold_deg), 0.5, 0.99))
         return KinematicEvent("valgus", int(t[0]), peak, conf,
-                              {"duration_s": round((t[-1] - t[0]) / 1e9, 3), "flexion_at_peak_deg": round(f_pk, 1),
-                               "fppa_deg": round(fp, 1), "threshold_deg": s.threshold_deg,
-                               "reference_deg": round(self.baseline_deg, 2)})
+                              {"confirmed_after_s": round((t[-1] - t[0]) / 1e9, 3),
+                               "flexion_at_peak_deg": round(f_pk, 1), "fppa_deg": round(fp, 1),
+                               "threshold_deg": s.threshold_deg, "reference_deg": round(self.baseline_deg, 2)})
 
     def peak_between(self, t0_ns: int, t1_ns: int) -> tuple[float, float] | None:
         """Peak re-referenced abduction (deg) with flexion above ``min_flexion_deg`` between two times, and the
