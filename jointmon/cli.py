@@ -108,11 +108,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from sensor_gateway.mqtt_publisher import MqttPublisher
 
     cfg = load_gateway_config(args.config)
-    publisher = MqttPublisher(cfg.mqtt, cfg.gateway_id)
-    publisher.start()
-    bindings = [SensorBinding(BleakLink(s.match), s.athlete, s.joint, s.segment) for s in cfg.sensors]
+    publisher = MqttPublisher(cfg.mqtt, cfg.gateway_id, queue_path=cfg.queue_path, queue_max_bytes=cfg.queue.max_bytes)
+    publisher.start(require_broker=False)  # a broker away at start: frames wait in the disk queue
+    bindings = [SensorBinding(BleakLink(s.match), s.athlete, s.joint, s.segment, status=s.status) for s in cfg.sensors]
     try:
-        asyncio.run(Gateway(publisher, bindings).run())
+        asyncio.run(Gateway(publisher, bindings, supervisor=cfg.supervisor).run())
     finally:
         publisher.stop()
     return 0

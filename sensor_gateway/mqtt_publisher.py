@@ -142,10 +142,11 @@ class MqttPublisher:
         self._wake.set()
 
     def publish_gap(self, topic: DataTopic, gap: Gap) -> None:
-        """A gap record (JSON, QoS 1) on ``jointmon/v1/gaps/...``. Rare and small: sent directly, not
-        through the frame queue (paho keeps QoS 1 messages while the broker is away)."""
-        self.client.publish(gaps_topic(topic), gap.to_json(), qos=MQTT_QOS)
+        """A gap record (JSON, QoS 1) on ``jointmon/v1/gaps/...``, through the same disk queue as the
+        frames: it stays in order before its stream's next frame and survives an outage or a restart."""
+        self.queue.put(gaps_topic(topic), gap.to_json(), 0)
         self.counters["gaps_published"] += 1
+        self._wake.set()
 
     def _on_publish(self, client: object, userdata: object, mid: int, reason: object, properties: object) -> None:
         # paho's network thread, inside paho's message lock: only record the ack, the sender settles it.

@@ -95,6 +95,7 @@ class SensorSupervisor:
         self.transitions: list[tuple[float, LinkState]] = []
         self.backoffs_s: list[float] = []  # every backoff delay taken, s
         self.last_rx = time.monotonic()
+        self.connections = 0  # successful connections so far
         self._rng = random.Random(seed)
 
     def touch(self) -> None:
@@ -123,8 +124,9 @@ class SensorSupervisor:
                     log.warning("%s: connect failed (attempt %d): %s", self.link.name, attempt + 1, exc)
                     await self._close_link("connect_failed")
                 else:
-                    if attempt or self.counters["link_drops"] + self.counters["watchdog_reconnects"]:
+                    if self.connections:
                         self.counters["reconnects"] += 1
+                    self.connections += 1
                     self._set(LinkState.STREAMING)
                     started = time.monotonic()
                     reason = await self._stream()
