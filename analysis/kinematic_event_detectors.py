@@ -128,7 +128,7 @@ class KinematicEvents:
         if self.valgus is not None:
             pk = self.valgus.peak_between(rep.t_start_ns, rep.t_end_ns)
             details["peak_valgus_deg"] = None if pk is None else round(pk[0], 1)
-            details["fppa_deg"] = None if pk is None else round(pk[1], 1)
+            details["fppa_deg"] = None if pk is None or not np.isfinite(pk[1]) else round(pk[1], 1)
         return KinematicEvent("rep", rep.t_start_ns, float(rep.peak_flexion_deg), 1.0, details)
 
     def finish(self) -> list[KinematicEvent]:

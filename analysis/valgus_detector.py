@@ -180,9 +180,9 @@ class ValgusDetector:
 
     def peak_between(self, t0_ns: int, t1_ns: int) -> tuple[float, float] | None:
         """Peak re-referenced abduction (deg) with flexion above ``min_flexion_deg`` between two times, and the
-        FPPA (deg) there; None if no such samples are held (the last 30 s are)."""
+        FPPA (deg) there; None if no such samples are held (the last 30 s are) or the abduction is unknown there."""
         d = self.history.data
-        sel = (d["t"] >= t0_ns) & (d["t"] <= t1_ns) & (d["f"] > self.settings.min_flexion_deg)
+        sel = (d["t"] >= t0_ns) & (d["t"] <= t1_ns) & (d["f"] > self.settings.min_flexion_deg) & np.isfinite(d["a"])
         if not sel.any():
             return None
         i = np.flatnonzero(sel)[int(np.argmax(d["a"][sel]))]

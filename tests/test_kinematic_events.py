@@ -141,11 +141,14 @@ def test_valgus_ignores_unknown_abduction_before_calibration():
     t = np.arange(0, 16, 1 / RATE)
     f = min_jerk(squats(4), t)
     ang = knee_angles(t, f)
-    ang["abduction_deg"] = np.where(t < 3.0, np.nan, 12.0 * (f / 100.0) ** 2)  # NaN during standing + rep 1
-    ang["rotation_deg"] = np.where(t < 3.0, np.nan, ang["rotation_deg"])
+    ang["abduction_deg"] = np.where(t < 4.0, np.nan, 12.0 * (f / 100.0) ** 2)  # NaN in standing and rep 1
+    ang["rotation_deg"] = np.where(t < 4.0, np.nan, ang["rotation_deg"])
     ev = run("knee", t, ang)
-    assert len(of(ev, "valgus")) == 3  # reps 2-4 (rep 1 is half unknown: its episode starts at 3 s)
-    assert len(of(ev, "rep")) == 4
+    assert len(of(ev, "valgus")) == 3  # reps 2-4
+    reps = of(ev, "rep")
+    assert len(reps) == 4
+    assert reps[0].details["peak_valgus_deg"] is None and reps[0].details["fppa_deg"] is None  # unknown, not NaN
+    assert reps[1].details["peak_valgus_deg"] == pytest.approx(12.0, abs=0.3)
 
 
 def test_valgus_robust_to_abduction_offset_and_drift():
