@@ -13,6 +13,15 @@ Wiring (``analysis/knee_pipeline.py``)::
 Shoulders: ``KinematicEvents("shoulder", side)`` with ``{"elevation_deg": e, "plane_deg": p}``: reps, ROM and
 restricted-range locking on the elevation. Angles in degrees, times in ns on the angle stream's clock; the
 results do not depend on how the stream is cut into chunks.
+
+Latency: valgus events come out when the episode is confirmed (``min_duration_s`` above the threshold, ~0.14 s
+after the onset), with the magnitude known then; the rep's final peak valgus and FPPA come with its "rep" event.
+Instability events come out ~0.3 s after the onset (look-ahead for the flexion surge); reps and range locking
+when the rep ends; extension locks after ``lock_hold_s``.
+
+Jumps: a landing absorption that follows a ballistic flight (every IMU below ``free_fall_g``) within
+``jump_gap_s`` of the previous excursion is part of that jump's rep: no rep of its own, no range judgement (a
+shallow landing is not a restricted rep).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ rest posture: knee flexion rises from straight (squats, lunges, step-downs, land
 elevation rises from the front rack in an overhead press and falls from the dead hang in a pull-up. The counter
 works on the excursion ``x = direction * (angle - rest_deg)``: a rep starts when x rises above ``start_deg`` and
 ends when it falls back below ``end_deg``. For the knee ``rest_deg = 0`` and ``direction = +1``; for a shoulder
-both are learned (``rest_deg=None``: the median of the first ``rest_window_s``; ``direction=0``: the sign of the
-first excursion beyond ``start_deg``).
+both are learned (``rest_deg=None``: the median of the first ``rest_window_s`` of known (finite) angles;
+``direction=0``: the sign of the first excursion beyond ``start_deg``).
 """
 
 from __future__ import annotations
@@ -87,10 +87,11 @@ class RepCounter:
     def _learn(self, t: np.ndarray, x: np.ndarray) -> bool:
         s = self.settings
         if self.rest_deg is None:
-            if t.size == 0 or (t[-1] - t[0]) / 1e9 < s.rest_window_s:
+            known = np.isfinite(x)  # unknown angles (NaN before a calibration) say nothing about the rest
+            tk = t[known]
+            if tk.size == 0 or (tk[-1] - tk[0]) / 1e9 < s.rest_window_s:
                 return False
-            first = t <= t[0] + s.rest_window_s * 1e9
-            self.rest_deg = float(np.median(x[first]))
+            self.rest_deg = float(np.median(x[known][tk <= tk[0] + s.rest_window_s * 1e9]))
         if self.direction == 0:
             far = np.flatnonzero(np.abs(x - self.rest_deg) > s.start_deg)
             if not far.size:

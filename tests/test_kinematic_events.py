@@ -203,6 +203,9 @@ def test_shoulder_pull_up_restricted_rep_and_rom():
     rc = RepCounter(SHOULDER_REPS)
     rc.update(np.round(t * 1e9).astype(np.int64), e)
     assert rc.direction == -1 and rc.rest_deg == pytest.approx(170.0)
+    # Elevation unknown (NaN) for the first second, before the calibration: the rest comes from known angles.
+    ev = run("shoulder", t, {"elevation_deg": np.where(t < 1.0, np.nan, e), "plane_deg": np.full_like(e, 20.0)})
+    assert [round(r.magnitude) for r in of(ev, "rep")] == [45, 48, 44, 70, 46]
 
 
 def test_rep_counter_peaks_whole_or_in_frames():
