@@ -60,5 +60,9 @@ class ImpactDetector:
         lo, hi = t_ns - round(after * 1e9), t_ns + round(s.veto_before_s * 1e9)
         return any(lo <= t <= hi for t in self._times)
 
+    def between(self, t0_ns: int, t1_ns: int) -> bool:
+        """Whether an impact happened in ``(t0_ns, t1_ns]`` (wall-clock ns)."""
+        return any(t0_ns < t <= t1_ns for t in self._times)
+
     def latest_ns(self) -> int | None:
         return self._times[-1] if self._times else None

@@ -15,9 +15,11 @@ What decides, besides each transient's own shape (``analysis/sound_classifier.py
   was already heard in an earlier rep (same direction) is a snap;
 * one crepitus event per movement cycle: a train is reported once it has ``train_min_bursts`` bursts, at the
   earliest of its bursts within ``train_gap_s`` before the confirming one (so the report trails the event time
-  by at most ``train_gap_s + hold_s``); later bursts are absorbed until the joint has left the range on the
-  extension side (angle below the train's lowest burst angle by ``rearm_margin_deg``), or after
-  ``rearm_silence_s`` without bursts when no angle is known.
+  by at most ``train_gap_s + hold_s``); later bursts are absorbed until an IMU impact (a foot strike or
+  landing starts a new stride) or ``rearm_silence_s`` without bursts;
+* weak sounds are confirmed by the second microphone: a high-band transient too weak or too wide to be a burst
+  counts when the other microphone heard one within ``burst_pair_s``; a low-band thump heard by both
+  microphones at ``snap_pair_min_db`` is a snap without recurrence.
 
 Latency: a burst is decided ``hold_s`` after it (the IMU must have covered the veto window); a lone burst is a
 click once ``click_wait_s`` passed without a next burst; a snap after ``hold_s`` (plus the low band's own lag).
@@ -56,19 +58,41 @@ class SoundSettings:
     hold_s: float = 0.060  # wait this long past a candidate for the IMU (impact veto), s
     angle_keep_s: float = 30.0  # joint-angle history kept for late events, s
     # A burst whose 0-500 Hz tail exceeds both of these is an impact's crack (its thud follows within ms):
+    # Weak bursts: a high-band transient too weak or too wide (noise widens it) to be a burst on its own counts
+    # when the other microphone heard one within ``burst_pair_s`` too (a joint sound reaches both sensors
+    # within a fraction of a ms; noise bursts are each sensor's own).
+    burst_pair_s: float = 0.001  # s
+    burst_pair_min_db: float = 8.0  # dB (the detector's own threshold)
+    burst_pair_max_width_s: float = 0.007  # s
+    burst_pair_min_hf: float = 0.6  # excess power above 2 kHz / 0.4-7 kHz: a click's signature
     thud_min_db: float = 16.0  # dB over the background (joint sounds' tails: 95 % below ~15 dB)
     thud_below_level_db: float = 10.0  # ... and at most this far below the burst itself (very loud clicks leak), dB
     zone_margin_deg: float = 4.0  # a burst this close to the angle of bursts of earlier trains is crepitus, deg
     zone_min_trains: int = 2  # ... of at least this many earlier trains
+    zone_min_bursts: int = 1  # a group in the zone is reported as crepitus from this many bursts on
     zone_keep_s: float = 30.0  # trains remembered for the zone, s
-    rearm_margin_deg: float = 3.0  # a new crepitus train needs the angle below the last one's lowest by this, deg
-    rearm_silence_s: float = 1.0  # ... or this long without bursts when the angle is unknown, s
+    # Re-arming (a new crepitus event may be reported): an IMU impact since the last burst (running: every
+    # stride's grinding is its own train), or a silence this long (s). The joint angle does not decide it: the
+    # last angle-based rule (below the last train's lowest burst angle) missed 30 % of the trains on the
+    # development set, the angle is unknown or stale while the joint calibrates, and whole trains span it.
+    rearm_on_impact: bool = True
+    rearm_silence_s: float = 1.0
+    # A burst this close to a thump (s before, s after) makes the thump the burst's low end (a click or crepitus
+    # burst reaches 60-320 Hz at the same instant, +-~2.5 ms of frame timing); a snap's tendon may crack a few
+    # ms after the thump starts, or crepitus grind right after it, which does not hide the snap.
+    thump_burst_before_s: float = 0.020
+    thump_burst_after_s: float = 0.005
     snap_recur_deg: float = 3.0  # a weak thump recurs when an earlier one (>= snap_recur_gap_s before) was this close
     snap_recur_gap_s: float = 0.4  # earlier thumps must be from an earlier crossing, s
     snap_recur_min_db: float = 9.0  # the weakest low-band thump that can be a snap when it recurs, dB
     # Below this a thump must be heard by both microphones: a joint sound reaches every sensor on the joint
     # (a few dB apart), while rumble and rubbing swells are each sensor's own, dB.
     snap_one_mic_db: float = 18.0
+    # A thump heard by both microphones at least this loud on each is a snap without recurrence: rumble,
+    # rubbing and hum are each sensor's own, so a both-microphone coincidence within ``snap_merge_s`` at this
+    # level is rare unless the joint made it (dev set: 26 snaps vs 1 other at 9.5 dB), dB.
+    snap_pair_min_db: float = 9.5
+    snap_pair_max_width_s: float = 0.032  # ... and each no wider than this, s
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,8 @@ class SoundTracker:
         self.settings = settings or SoundSettings()
         self.impacts = ImpactDetector(self.settings.impact)
         self._bursts: list[_Cand] = []  # undecided, time-sorted
+        self._weak: list[_Cand] = []  # weak high-band transients waiting for the other microphone's
+        self._paired: set[int] = set()  # id() of weak transients promoted to bursts by a coincidence
         self._snaps: list[_Cand] = []
         self._group: list[list[_Cand]] = []  # the open train: bursts, each as heard per band and microphone
         self._group_reported = False  # the open group already gave (or was absorbed into) a crepitus event
@@ -107,7 +133,6 @@ class SoundTracker:
         self._thumps: deque[tuple[int, float, float]] = deque()  # earlier low-band thumps: (t_ns, angle, direction)
         self._trains: deque[tuple[int, float, float]] = deque()  # confirmed trains: (t_ns, lowest, highest angle)
         self._armed = True  # a new crepitus train may be reported
-        self._train_low_deg = float("nan")  # lowest burst angle of the last reported train
         self._last_burst_ns = -(2**62)
         self._burst_times: deque[int] = deque()  # recent burst times (ns): a snap has nothing above ~500 Hz
         self._mic_names: set[str] = set()  # microphones heard so far (one-microphone set-ups exist)
@@ -122,8 +147,13 @@ class SoundTracker:
                 self._burst_times.append(c.t_ns)
             else:
                 self.vetoed += 1
-        elif (tr.band == "low" and tr.level_db >= min(s.snap_recur_min_db, s.classifier.snap_min_db)
-              and tr.width_s <= s.classifier.snap_max_width_s):
+        elif (tr.band == "high" and tr.level_db >= s.burst_pair_min_db and tr.width_s <= s.burst_pair_max_width_s
+              and tr.hf_fraction >= s.burst_pair_min_hf
+              and tr.lf_db < max(s.thud_min_db, tr.level_db - s.thud_below_level_db)):
+            self._weak.append(c)
+        elif (tr.band == "low"
+              and tr.level_db >= min(s.snap_recur_min_db, s.snap_pair_min_db, s.classifier.snap_min_db)
+              and tr.width_s <= max(s.classifier.snap_max_width_s, s.snap_pair_max_width_s)):
             self._snaps.append(c)
 
     def on_imu(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, angle_deg: float) -> None:
@@ -175,7 +205,8 @@ class SoundTracker:
                 continue
             while self._burst_times and self._burst_times[0] < first.t_ns - 500_000_000:
                 self._burst_times.popleft()
-            if any(-20_000_000 <= b - first.t_ns <= 40_000_000 for b in self._burst_times):
+            lo, hi = -round(s.thump_burst_before_s * 1e9), round(s.thump_burst_after_s * 1e9)
+            if any(lo <= b - first.t_ns <= hi for b in self._burst_times):
                 continue  # broadband: the low end of a click or crepitus burst, not a thump of its own
             best = max(same, key=lambda c: c.tr.level_db)
             angle, direction = self.angle_at(first.t_ns), self._direction(first.t_ns)
@@ -184,9 +215,22 @@ class SoundTracker:
                 self._thumps.append((first.t_ns, angle, direction))
             while self._thumps and self._thumps[0][0] < first.t_ns - round(s.zone_keep_s * 1e9):
                 self._thumps.popleft()
-            if best.tr.level_db < s.classifier.snap_min_db and not recur:
+            per_mic: dict[str, float] = {}
+            for c in same:
+                if c.tr.width_s <= s.snap_pair_max_width_s:
+                    per_mic[c.sensor] = max(per_mic.get(c.sensor, -np.inf), c.tr.level_db)
+            pair = len(per_mic) >= 2 and min(per_mic.values()) >= s.snap_pair_min_db
+            narrow = [c for c in same if c.tr.width_s <= s.classifier.snap_max_width_s]
+            if not pair:
+                if not narrow:
+                    continue
+                best = max(narrow, key=lambda c: c.tr.level_db)
+            if best.tr.level_db < s.classifier.snap_min_db and not recur and not pair:
                 continue
-            if best.tr.level_db < s.snap_one_mic_db and len({c.sensor for c in same}) < min(2, len(self._mic_names)):
+            if best.tr.level_db < s.snap_recur_min_db and not pair:
+                continue
+            heard = same if pair else narrow
+            if best.tr.level_db < s.snap_one_mic_db and len({c.sensor for c in heard}) < min(2, len(self._mic_names)):
                 continue
             if first.t_ns - self._last_snap_ns < round(s.snap_refractory_s * 1e9):
                 continue
@@ -194,7 +238,7 @@ class SoundTracker:
             conf = snap_confidence(best.tr, s.classifier)
             if recur:  # heard at this angle on an earlier crossing: the repetition is evidence too
                 conf = max(conf, logistic(1.0))
-            out.append(self._event("snap", first, best, conf, {"sensors": len({c.sensor for c in same}),
+            out.append(self._event("snap", first, best, conf, {"sensors": len({c.sensor for c in heard}),
                                                                 "recurring": recur}))
         return out
 
@@ -217,9 +261,34 @@ class SoundTracker:
         n = sum(lo - s.zone_margin_deg <= angle <= hi + s.zone_margin_deg for _, lo, hi in self._trains)
         return n >= s.zone_min_trains
 
+    def _promote_pairs(self, until_ns: int) -> None:
+        """Weak high-band transients up to ``until_ns`` heard by both microphones within ``burst_pair_s``
+        become bursts; the rest are dropped."""
+        s = self.settings
+        self._weak.sort(key=lambda c: c.t_ns)
+        tol = round(s.burst_pair_s * 1e9)
+        n = 0
+        while n < len(self._weak) and self._weak[n].t_ns <= until_ns:
+            n += 1
+        ready, self._weak = self._weak[:n], self._weak[n:]
+        for i, c in enumerate(ready):
+            if id(c) in self._paired:
+                continue
+            mate = next((d for d in ready[i + 1:] + self._weak if d.sensor != c.sensor and abs(d.t_ns - c.t_ns) <= tol
+                         and id(d) not in self._paired), None)
+            if mate is None:
+                continue
+            for x in (c, mate):
+                self._paired.add(id(x))
+                self._bursts.append(x)
+                self._burst_times.append(x.t_ns)
+        if len(self._paired) > 4096:  # ids of long-decided transients
+            self._paired = {id(c) for c in self._bursts}
+
     def _poll_bursts(self, now_ns: int) -> list[SoundEvent]:
         s, out = self.settings, []
         hold, gap = round(s.hold_s * 1e9), round(s.train_gap_s * 1e9)
+        self._promote_pairs(now_ns - hold)
         self._bursts.sort(key=lambda c: c.t_ns)
         while self._bursts and self._bursts[0].t_ns <= now_ns - hold:
             c = self._bursts.pop(0)
@@ -241,24 +310,14 @@ class SoundTracker:
         return out
 
     def _rearm(self, t_ns: int) -> None:
-        """A new movement cycle: the angle went back below the last train's range, or a long silence."""
+        """A new movement cycle: an IMU impact (foot strike, landing: a new stride) since the last burst, or a
+        silence of ``rearm_silence_s``."""
         if self._armed:
             return
         s = self.settings
-        angle = self.angle_at(t_ns)
-        if np.isfinite(angle) and np.isfinite(self._train_low_deg):
-            # The lowest angle since the last burst: the joint may have extended and come back between bursts.
-            lo = self._min_angle(self._last_burst_ns, t_ns)
-            if lo < self._train_low_deg - s.rearm_margin_deg:
-                self._armed = True
-        elif t_ns - self._last_burst_ns > round(s.rearm_silence_s * 1e9):
+        if t_ns - self._last_burst_ns > round(s.rearm_silence_s * 1e9) or (
+                s.rearm_on_impact and self.impacts.between(self._last_burst_ns, t_ns)):
             self._armed = True
-
-    def _min_angle(self, t0_ns: int, t1_ns: int) -> float:
-        t = np.asarray(self._angle_t, dtype=np.int64)
-        v = np.asarray(self._angle_v)
-        inside = v[(t >= t0_ns) & (t <= t1_ns)]
-        return float(min(inside.min(initial=np.inf), self.angle_at(t0_ns), self.angle_at(t1_ns)))
 
     def _train_update(self) -> list[SoundEvent]:
         """The open group just got a burst: report crepitus once it is a train, or a burst in the zone."""
@@ -266,23 +325,16 @@ class SoundTracker:
         c = self._group[-1][0]
         angle = self.angle_at(c.t_ns)
         if self._group_reported:
-            if np.isfinite(angle):
-                self._train_low_deg = min(self._train_low_deg, angle)
             return []
         n = len(self._group)
-        if n < s.classifier.train_min_bursts and not self._in_zone(angle):
+        if n < s.classifier.train_min_bursts and (n < s.zone_min_bursts or not self._in_zone(angle)):
             return []
         self._group_reported = True
         if not self._armed:  # the same cycle's grinding, already reported
-            angles = [a for a in (self.angle_at(b[0].t_ns) for b in self._group) if np.isfinite(a)]
-            if angles:
-                self._train_low_deg = min([self._train_low_deg, *angles])
             return []
         self._armed = False
         # The event: the earliest burst within one train gap of the confirming one (bounded latency).
         start = next(b for b in self._group if c.t_ns - b[0].t_ns <= round(s.train_gap_s * 1e9))[0]
-        angles = [a for a in (self.angle_at(b[0].t_ns) for b in self._group) if np.isfinite(a)]
-        self._train_low_deg = min(angles) if angles else float("nan")
         every = [x for b in self._group for x in b]
         best = max(every, key=lambda x: x.tr.level_db)
         conf = train_confidence(n, s.classifier) if n >= s.classifier.train_min_bursts else logistic(0.5)
@@ -303,6 +355,10 @@ class SoundTracker:
         if reported:
             return []
         decided = classify_group([[c.tr for c in burst] for burst in group], s.classifier)
+        if decided is None and len(group) == 1 and any(id(c) in self._paired for c in group[0]):
+            top = max(group[0], key=lambda c: c.tr.level_db)
+            if top.tr.band == "high" and top.tr.hf_fraction >= s.classifier.click_min_hf:  # a weak click, both mics
+                decided = ("click", logistic((top.tr.level_db - s.classifier.click_min_db) / s.classifier.slope_db))
         if decided is None or decided[0] != "click":
             return []  # two bursts outside the zone: too little for a train, too much for a click
         kind, conf = decided
