@@ -76,7 +76,7 @@ class SoundSettings:
     # last angle-based rule (below the last train's lowest burst angle) missed 30 % of the trains on the
     # development set, the angle is unknown or stale while the joint calibrates, and whole trains span it.
     rearm_on_impact: bool = True
-    rearm_silence_s: float = 1.0
+    rearm_silence_s: float = 1.5
     # A burst this close to a thump (s before, s after) makes the thump the burst's low end (a click or crepitus
     # burst reaches 60-320 Hz at the same instant, +-~2.5 ms of frame timing); a snap's tendon may crack a few
     # ms after the thump starts, or crepitus grind right after it, which does not hide the snap.
