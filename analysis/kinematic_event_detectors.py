@@ -97,7 +97,6 @@ class KinematicEvents:
             out += self.valgus.update(t_ns, f, a, r)
             if "rotation_deg" in angles:
                 out += self.instability.update(t_ns, f, r)
-            self.imu.trim(int(t_ns[-1]) - IMU_KEEP_NS)
         drive = np.asarray(angles[self.driving_angle], float)
         reps = self.reps_counter.update(t_ns, drive)
         rc = self.reps_counter
@@ -120,6 +119,10 @@ class KinematicEvents:
             out += self.rom.on_rep(rep, float(rc.excursion(np.array([rep.peak_flexion_deg]))[0]))
             if self.settings.emit_reps:
                 out.append(self._rep_event(rep))
+        # IMU no detector looks at any more: older than every look-back window and than the last excursion's end
+        # (a landing is judged on the flight since then), trimmed only now that this chunk's reps are judged.
+        keep_from = int(t_ns[-1]) - IMU_KEEP_NS
+        self.imu.trim(keep_from if self._last_end_ns is None else min(keep_from, self._last_end_ns))
         return sorted(out, key=lambda e: (e.t_ns, e.type))
 
     def _is_landing(self, rep: Rep) -> bool:

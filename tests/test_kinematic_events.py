@@ -238,6 +238,7 @@ def test_jump_landing_is_part_of_the_jump_rep_only_after_a_flight():
     ground = {k: (np.tile([0.0, 0.0, 1.0], (t.size, 1)), g) for k, (_, g) in flight.items()}
     jumps = of(run("knee", t, ang, frame=10, imu=flight), "rep")
     assert [round(r.magnitude) for r in jumps] == [80, 80, 80]  # one rep per jump: the countermovement's
+    assert [r.t_ns for r in of(run("knee", t, ang, imu=flight), "rep")] == [r.t_ns for r in jumps]  # whole
     assert [r.details["index"] for r in jumps] == [1, 2, 3]
     assert len(of(run("knee", t, ang, imu=ground), "rep")) == 6  # no flight: two excursions each
 
