@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from analysis.angle_history import AngleHistory
+from analysis.kinematic_event import KinematicEvent
+from analysis.kinematic_event_detectors import KinematicEvents, KinematicSettings
 from analysis.knee_angles import KNEE_ANGLES, KneeAngles
-from analysis.rep_counter import Rep, RepCounter, RepSettings
+from analysis.rep_counter import Rep
 from analysis.result_sink import JointKey, ResultSink
 from analysis.shoulder_angles import SHOULDER_ANGLES, ShoulderAngles
 from analysis.sound_events import SoundEvent, SoundSettings, SoundTracker
@@ -25,7 +27,7 @@ log = logging.getLogger("jointmon.analysis.knee")
 @dataclass(frozen=True)
 class KneeSettings:
     sound: SoundSettings = field(default_factory=SoundSettings)
-    rep: RepSettings = field(default_factory=RepSettings)
+    kinematics: KinematicSettings = field(default_factory=KinematicSettings)  # valgus, instability, reps, locking
     angle_store_rate_hz: float = ANGLE_STORE_RATE_HZ
 
 
@@ -72,12 +74,14 @@ class KneePipeline:
                                           int(ANGLE_HISTORY_S * IMU_RATE_HZ_MAX))
         self.last_angles: dict[str, float] = self.angle_history.latest()
         self.angles_calibrated = False  # sensor-to-segment calibration done (before: provisional angles)
-        self._reps = RepCounter(self.settings.rep)
+        side = key.joint.split("_", 1)[0] if key.joint.split("_", 1)[0] in ("left", "right") else ""
+        self._kin = KinematicEvents("shoulder" if kind == "shoulder" else "knee", side, self.settings.kinematics)
+        self._stream_origin_ns: int | None = None  # angle clock (thigh / upper arm) time of stream second 0
         self._sounds = SoundTracker(self.settings.sound)
         self.sound_events: list[SoundEvent] = []
         self._angle_bucket = -1
         self.counters: Counter[str] = Counter()
-        self.reps: list[Rep] = []
+        self.reps: list[Rep] = []  # completed reps (from the kinematic events' rep segmentation)
         self.last_flexion_deg = float("nan")
 
     def on_frame(self, sensor: str, stream: str, frame: Frame) -> None:
@@ -165,7 +169,11 @@ class KneePipeline:
                             else ShoulderAngles(frame.rate_hz, side_joint))
         data = frame.physical()
         imu = ImuChunk(sensor, frame.sample_times_ns(), data[:, :3], data[:, 3:])
-        t_ns, angles = self._angles.update(sensor, imu.t_ns, imu.accel_g, imu.gyro_dps)
+        if self._stream_origin_ns is None and sensor == JOINT_SENSORS[kind][0]:
+            self._stream_origin_ns = frame.t0_ns - round(frame.first_index * 1e9 / frame.rate_hz)
+        self._kin.update_imu(sensor, imu.t_ns, imu.accel_g, imu.gyro_dps)  # every chunk, before its angles
+        # first_index: an index jump (lost samples) or restart (reboot) is a gap the orientation bridges.
+        t_ns, angles = self._angles.update(sensor, imu.t_ns, imu.accel_g, imu.gyro_dps, frame.first_index)
         if not t_ns.size:
             return
         self.angles_calibrated = self._angles.calibrated
@@ -179,8 +187,6 @@ class KneePipeline:
         self._angle_bucket = int(bucket[-1])
         if keep.any():
             self.sink.angles(self.key, t_ns[keep], {k: v[keep] for k, v in angles.items()})
-        if kind == "knee":
-            self._count_reps(t_ns, angles["flexion_deg"])
         self.on_kinematics(t_ns, angles, imu)
 
     def on_kinematics(self, t_ns: np.ndarray, angles: dict[str, np.ndarray], imu: ImuChunk) -> None:
@@ -190,16 +196,26 @@ class KneePipeline:
         where unknown, e.g. abduction before calibration, see ``self.angles_calibrated``), with the raw
         IMU frame that produced it (``imu``: one sensor's samples; the angles lag it by up to a frame of
         the other sensor). ``self.angle_history`` holds the last ``ANGLE_HISTORY_S`` seconds at the IMU
-        rate. Detectors call ``self.sink.event(...)`` for what they find. Nothing is called here yet.
-        """
+        rate. Detectors call ``self.sink.event(...)`` for what they find.
 
-    def _count_reps(self, t_ns: np.ndarray, flexion_deg: np.ndarray) -> None:
-        for rep in self._reps.update(t_ns, flexion_deg):
-            self.reps.append(rep)
-            self.sink.event(JointEvent("rep", self.key.athlete, self.key.joint, self.key.session, rep.t_start_ns,
-                                       0.0, "thigh+shank", 1.0, rep.peak_flexion_deg,
-                                       {"rep": rep.index, "duration_s": (rep.t_end_ns - rep.t_start_ns) / 1e9,
-                                        "t_peak_ns": rep.t_peak_ns, "min_flexion_deg": rep.min_flexion_deg}))
+        The kinematic events (:class:`KinematicEvents`: valgus, instability, reps with ROM, locking) get every
+        IMU chunk in ``_on_imu`` (also those that complete no angles) and the angles here.
+        """
+        self._emit_kinematic(self._kin.update_angles(t_ns, angles))
+
+    def _emit_kinematic(self, events: list[KinematicEvent]) -> None:
+        """Kinematic events -> JointEvents; a rep also goes to ``self.reps`` (its event keeps the rep format:
+        magnitude = peak flexion/elevation, deg; details rep, duration_s, t_peak_ns, min_flexion_deg, + ROM)."""
+        origin = self._stream_origin_ns if self._stream_origin_ns is not None else 0
+        for ev in events:
+            if ev.type == "rep":
+                d = ev.details
+                self.reps.append(self._kin.reps[d["index"] - 1])
+                rest = {k: v for k, v in d.items() if k not in ("index", "t_end_ns", "t_peak_ns")}
+                ev = replace(ev, details={"rep": d["index"], "duration_s": (d["t_end_ns"] - ev.t_ns) / 1e9,
+                                          "t_peak_ns": d["t_peak_ns"], **rest})
+            self.sink.event(ev.to_joint_event(self.key.athlete, self.key.joint, self.key.session, origin,
+                                              "+".join(JOINT_SENSORS.get(self._kin.joint_kind, ()))))
 
     def finish(self) -> None:
         """End of session: the microphone detectors decide their last frames, the sound tracker its last trains."""
@@ -207,3 +223,4 @@ class KneePipeline:
             self._emit_transients(sensor, st, st.detector.flush())
         for ev in self._sounds.flush():
             self._on_click(ev)
+        self._emit_kinematic(self._kin.finish())
