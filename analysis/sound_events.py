@@ -82,6 +82,9 @@ class SoundSettings:
     # ms after the thump starts, or crepitus grind right after it, which does not hide the snap.
     thump_burst_before_s: float = 0.020
     thump_burst_after_s: float = 0.005
+    # ... when louder than the thump by this much: a click's or burst's 60-320 Hz end is far weaker than its
+    # 0.4-6.5 kHz peak, while a snap's thump is its loudest part (ss: 88 snaps vs 5 others at -3 dB), dB.
+    thump_hidden_db: float = -3.0
     snap_recur_deg: float = 3.0  # a weak thump recurs when an earlier one (>= snap_recur_gap_s before) was this close
     snap_recur_gap_s: float = 0.4  # earlier thumps must be from an earlier crossing, s
     snap_recur_min_db: float = 9.0  # the weakest low-band thump that can be a snap when it recurs, dB
@@ -134,7 +137,7 @@ class SoundTracker:
         self._trains: deque[tuple[int, float, float]] = deque()  # confirmed trains: (t_ns, lowest, highest angle)
         self._armed = True  # a new crepitus train may be reported
         self._last_burst_ns = -(2**62)
-        self._burst_times: deque[int] = deque()  # recent burst times (ns): a snap has nothing above ~500 Hz
+        self._burst_times: deque[tuple[int, float]] = deque()  # recent bursts: (t_ns, level_db)
         self._mic_names: set[str] = set()  # microphones heard so far (one-microphone set-ups exist)
 
     def add(self, sensor: str, t_ns: int, stream_t_s: float, tr: Transient) -> None:
@@ -144,7 +147,7 @@ class SoundTracker:
         if is_burst(tr, s.classifier):
             if tr.lf_db < max(s.thud_min_db, tr.level_db - s.thud_below_level_db):  # else an impact's crack
                 self._bursts.append(c)
-                self._burst_times.append(c.t_ns)
+                self._burst_times.append((c.t_ns, tr.level_db))
             else:
                 self.vetoed += 1
         elif (tr.band == "high" and tr.level_db >= s.burst_pair_min_db and tr.width_s <= s.burst_pair_max_width_s
@@ -203,12 +206,13 @@ class SoundTracker:
             if self.impacts.near(first.t_ns, low_band=True):
                 self.vetoed += 1
                 continue
-            while self._burst_times and self._burst_times[0] < first.t_ns - 500_000_000:
+            while self._burst_times and self._burst_times[0][0] < first.t_ns - 500_000_000:
                 self._burst_times.popleft()
             lo, hi = -round(s.thump_burst_before_s * 1e9), round(s.thump_burst_after_s * 1e9)
-            if any(lo <= b - first.t_ns <= hi for b in self._burst_times):
-                continue  # broadband: the low end of a click or crepitus burst, not a thump of its own
             best = max(same, key=lambda c: c.tr.level_db)
+            if any(lo <= b - first.t_ns <= hi and lvl > best.tr.level_db + s.thump_hidden_db
+                   for b, lvl in self._burst_times):
+                continue  # broadband: the low end of a louder click or crepitus burst, not a thump of its own
             angle, direction = self.angle_at(first.t_ns), self._direction(first.t_ns)
             recur = self._recurs(first.t_ns, angle, direction)
             if np.isfinite(angle):
@@ -281,7 +285,7 @@ class SoundTracker:
             for x in (c, mate):
                 self._paired.add(id(x))
                 self._bursts.append(x)
-                self._burst_times.append(x.t_ns)
+                self._burst_times.append((x.t_ns, x.tr.level_db))
         if len(self._paired) > 4096:  # ids of long-decided transients
             self._paired = {id(c) for c in self._bursts}
 
