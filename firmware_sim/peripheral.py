@@ -53,7 +53,7 @@ import numpy as np
 
 from firmware_sim.link_faults import FW_VERSION, REBOOT_OUTAGE_S, LinkFaults
 from firmware_sim.session import SensorSignals
-from jointmon.gatt import IMU_CHAR_UUID, MIC_CHAR_UUID, STATUS_CHAR_UUID
+from jointmon.gatt import ADV_COMPANY_ID, IMU_CHAR_UUID, MIC_CHAR_UUID, SERVICE_UUID, STATUS_CHAR_UUID, encode_adv_data
 from jointmon.packets import MAX_ADPCM_SAMPLES, MAX_SAMPLES, StreamType, encode_adpcm_packet, encode_packet
 
 STREAMS = ("imu", "mic")
@@ -171,6 +171,7 @@ class SimulatedPeripheral:
         self.status_sent = 0
         self.samples_taken: dict[str, int] = dict.fromkeys(STREAMS, 0)  # per run; differs from the signal with drift
         self.link_events: list[tuple[float, str]] = []  # (session s, "disconnect"|"reconnect"|"reboot"|"boot")
+        self.advertising = True  # like the firmware: advertises while no gateway is connected (the link sets it)
         self._callbacks: dict[str, tuple[Callback, bool]] = {}
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
@@ -280,6 +281,15 @@ class SimulatedPeripheral:
                 "mic_range_code": 0, "fw_version": FW_VERSION, "clock_offset_us": self.clock_offset_us,
                 "battery_start_pct": self.faults.battery_start_pct, "faults": self.faults.describe(),
                 "samples_taken": dict(self.samples_taken)}
+
+    # ------------------------------------------------------------------ advertising
+
+    def advertisement(self, t_s: float = 0.0) -> dict[str, Any]:
+        """What the sensor advertises at session time ``t_s`` (docs/protocol.md §1, "Advertising"): the
+        service UUID, its name (scan response) and manufacturer data with the battery level; the receiver
+        adds the RSSI. Keys as in bleak's ``AdvertisementData``."""
+        return {"address": self.address, "name": self.name, "service_uuids": [SERVICE_UUID],
+                "manufacturer_data": {ADV_COMPANY_ID: encode_adv_data(self.faults.battery_level(t_s))}}
 
     # ------------------------------------------------------------------ GATT surface
 

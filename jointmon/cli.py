@@ -92,27 +92,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from sensor_gateway.bleak_link import BleakLink, scan_sensors
-
-    if args.scan:
-        found = asyncio.run(scan_sensors(args.scan_timeout))
-        if not found:
-            print("no jointmon sensors seen (is Bluetooth on and a sensor advertising?)")
-        for device, adv in found:
-            print(f"{device.address}  {device.name or '?':20s}  RSSI {adv.rssi} dBm")
-        return 0
-    if not args.config:
-        raise JointmonError("gateway needs --config FILE (see docs/gateway.example.toml) or --scan")
+    from sensor_gateway.bleak_link import run_ble_gateway, scan_sensors
     from sensor_gateway.config import load_gateway_config
-    from sensor_gateway.gateway import Gateway, SensorBinding
+
+    cfg = load_gateway_config(args.config) if args.config else None  # first: a bad config fails before a scan
+    if args.scan:
+        from sensor_gateway.scanner import format_scan
+
+        print(format_scan(asyncio.run(scan_sensors(args.scan_timeout)), cfg.find if cfg is not None else None))
+        return 0
+    if cfg is None:
+        raise JointmonError("gateway needs --config FILE (see docs/gateway.example.toml) or --scan")
     from sensor_gateway.mqtt_publisher import MqttPublisher
 
-    cfg = load_gateway_config(args.config)
     publisher = MqttPublisher(cfg.mqtt, cfg.gateway_id, queue_path=cfg.queue_path, queue_max_bytes=cfg.queue.max_bytes)
     publisher.start(require_broker=False)  # a broker away at start: frames wait in the disk queue
-    bindings = [SensorBinding(BleakLink(s.match), s.athlete, s.joint, s.segment, status=s.status) for s in cfg.sensors]
     try:
-        asyncio.run(Gateway(publisher, bindings, supervisor=cfg.supervisor).run())
+        asyncio.run(run_ble_gateway(cfg, publisher))
     finally:
         publisher.stop()
     return 0
@@ -419,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Scan for or connect to jointmon sensors over Bluetooth LE and publish their "
                                    "streams to MQTT.")
     p.add_argument("--config", metavar="FILE", help="gateway TOML (see docs/gateway.example.toml)")
-    p.add_argument("--scan", action="store_true", help="list advertising jointmon sensors and exit")
+    p.add_argument("--scan", action="store_true",
+                   help="list advertising jointmon sensors (RSSI, battery; with --config: configured or unknown)")
     p.add_argument("--scan-timeout", type=float, default=10.0, metavar="S", help="scan time [%(default)s]")
     p.set_defaults(func=cmd_gateway)
 

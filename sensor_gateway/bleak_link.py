@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import TYPE_CHECKING
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -14,8 +16,13 @@ from bleak_retry_connector import BleakClientWithServiceCache, BleakSlotManager,
 
 from jointmon.const import BLE_CONNECT_TIMEOUT_S, BLE_SCAN_TIMEOUT_S
 from jointmon.errors import LinkError
-from jointmon.gatt import SERVICE_UUID
+from jointmon.gatt import SERVICE_UUID, decode_adv_battery
 from sensor_gateway.link import NotifyCallback, SensorLink
+from sensor_gateway.scanner import Advertisement, AdvertisementCallback, SensorScanner
+
+if TYPE_CHECKING:
+    from sensor_gateway.config import GatewayConfig
+    from sensor_gateway.gateway import FramePublisher
 
 log = logging.getLogger("jointmon.gateway.ble")
 
@@ -24,10 +31,78 @@ log = logging.getLogger("jointmon.gateway.ble")
 BLE_CONNECT_ATTEMPTS = 4
 
 
-async def scan_sensors(timeout_s: float = BLE_SCAN_TIMEOUT_S) -> list[tuple[BLEDevice, AdvertisementData]]:
-    """Scan for advertising jointmon sensors (filtered on the service UUID), strongest first."""
-    found = await BleakScanner.discover(timeout=timeout_s, return_adv=True, service_uuids=[SERVICE_UUID])
-    return sorted(found.values(), key=lambda d_a: d_a[1].rssi, reverse=True)
+def advertisement_from_bleak(device: BLEDevice, adv: AdvertisementData) -> Advertisement:
+    """bleak's (device, advertisement data) as the gateway's :class:`Advertisement` (battery from the
+    manufacturer data, docs/protocol.md §1)."""
+    return Advertisement(device.address, adv.local_name or device.name, adv.rssi,
+                         decode_adv_battery(adv.manufacturer_data), time.monotonic(), device)
+
+
+class BleakScanSource:
+    """The real scan backend: one ``BleakScanner`` filtered on the jointmon service UUID (BlueZ passes
+    the filter to the controller, so the gateway is not woken by every phone in the gym)."""
+
+    def __init__(self, *, backend: type | None = None) -> None:
+        self._backend = backend
+        self._scanner: BleakScanner | None = None
+
+    async def start(self, on_advertisement: AdvertisementCallback) -> None:
+        def detected(device: BLEDevice, adv: AdvertisementData) -> None:
+            if SERVICE_UUID in adv.service_uuids:  # not every backend applies the filter itself
+                on_advertisement(advertisement_from_bleak(device, adv))
+
+        kwargs = {"backend": self._backend} if self._backend else {}
+        self._scanner = BleakScanner(detection_callback=detected, service_uuids=[SERVICE_UUID], **kwargs)
+        try:
+            await self._scanner.start()
+        except (BleakError, OSError) as exc:  # BlueZ "InProgress", adapter off or missing
+            self._scanner = None
+            raise LinkError(f"BLE scan: {exc}") from exc
+
+    async def stop(self) -> None:
+        scanner, self._scanner = self._scanner, None
+        if scanner is not None:
+            try:
+                await scanner.stop()
+            except (BleakError, OSError) as exc:
+                raise LinkError(f"BLE scan stop: {exc}") from exc
+
+
+async def scan_sensors(timeout_s: float = BLE_SCAN_TIMEOUT_S) -> list[Advertisement]:
+    """Scan for advertising jointmon sensors for ``timeout_s`` (``--scan``): the latest advertisement of
+    each, with RSSI and battery."""
+    scanner = SensorScanner(BleakScanSource(), silence_s=max(timeout_s, 1.0))
+    task = asyncio.create_task(scanner.run())
+    try:
+        await asyncio.sleep(timeout_s)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if scanner.counters["scanner_start_failures"] and not scanner.seen:
+        raise LinkError("BLE scan could not start (is Bluetooth on, and is the adapter free?)")
+    return list(scanner.seen.values())
+
+
+async def setup_slot_manager(slots: int) -> BleakSlotManager | None:
+    """bleak-retry-connector's slot manager with ``slots`` connections per adapter (``[ble] adapter_slots``).
+
+    Linux/BlueZ only: elsewhere, or without D-Bus, the manager has nothing to watch and None is returned
+    (connections are then limited only by the stack). Every adapter BlueZ knows is registered; hci0 if the
+    list cannot be read.
+    """
+    manager = BleakSlotManager()
+    await manager.async_setup()
+    bluez = getattr(manager, "_manager", None)  # set by async_setup on Linux with BlueZ reachable
+    if bluez is None:
+        log.info("no BlueZ manager (not Linux, or no D-Bus): adapter slots are not enforced")
+        return None
+    # The adapter list is not public API; an adapter path is /org/bluez/hciN.
+    paths = getattr(bluez, "_properties", {}) or {}
+    adapters = sorted({p.split("/")[3] for p in paths if p.count("/") == 3 and p.startswith("/org/bluez/hci")})
+    for adapter in adapters or ["hci0"]:
+        manager.register_adapter(adapter, slots)
+    log.info("adapter slots: %d per adapter on %s", slots, ", ".join(adapters or ["hci0"]))
+    return manager
 
 
 class BleakLink(SensorLink):
@@ -41,7 +116,8 @@ class BleakLink(SensorLink):
     """
 
     def __init__(self, address_or_name: str, *, backend: type | None = None,
-                 slot_manager: BleakSlotManager | None = None) -> None:
+                 slot_manager: BleakSlotManager | None = None, scanner: SensorScanner | None = None) -> None:
+        self.scanner = scanner  # the gateway's shared scanner; None: scan for this link alone (one sensor)
         self.address = address_or_name
         self.name = address_or_name
         self._backend = backend
@@ -51,6 +127,7 @@ class BleakLink(SensorLink):
         self._has_slot = False
         self._rssi: int | None = None
         self._gone = asyncio.Event()
+        self._match = address_or_name  # what the config names (self.address becomes the real address)
 
     @property
     def rssi_dbm(self) -> int | None:
@@ -67,7 +144,13 @@ class BleakLink(SensorLink):
 
         kwargs = {"backend": self._backend} if self._backend else {}
         try:
-            device = await BleakScanner.find_device_by_filter(match, timeout=BLE_SCAN_TIMEOUT_S, **kwargs)
+            if self.scanner is not None:  # many sensors: never a second scan next to the shared one (InProgress)
+                adv = await self.scanner.wait_for(self._match, BLE_SCAN_TIMEOUT_S)
+                device = adv.device if adv is not None else None
+                if adv is not None:
+                    self._rssi = adv.rssi
+            else:
+                device = await BleakScanner.find_device_by_filter(match, timeout=BLE_SCAN_TIMEOUT_S, **kwargs)
             if device is None:
                 raise LinkError(f"sensor {self.address!r} not found advertising {SERVICE_UUID}")
             self.address, self.name, self._device = device.address, device.name or device.address, device
@@ -124,3 +207,17 @@ class BleakLink(SensorLink):
                 log.debug("disconnect %s: %s", self.name, exc)
         self._release_slot()
         self._gone.set()
+
+
+async def run_ble_gateway(cfg: GatewayConfig, publisher: FramePublisher) -> None:
+    """The real gateway (``jointmon gateway --config``): one shared scanner with its watchdog
+    (``[ble] scan_silence_s``), the adapter slot manager (``[ble] adapter_slots``), a :class:`BleakLink`
+    per configured sensor, until cancelled (Ctrl-C)."""
+    from sensor_gateway.gateway import Gateway, SensorBinding  # the gateway does not need bleak; keep it so
+
+    slots = await setup_slot_manager(cfg.ble.adapter_slots)
+    scanner = SensorScanner(BleakScanSource(), silence_s=cfg.ble.scan_silence_s,
+                            is_known=lambda address, name: cfg.find(address, name) is not None)
+    bindings = [SensorBinding(BleakLink(s.match, slot_manager=slots, scanner=scanner), s.athlete, s.joint,
+                              s.segment, status=s.status) for s in cfg.sensors]
+    await Gateway(publisher, bindings, supervisor=cfg.supervisor, scanner=scanner).run()

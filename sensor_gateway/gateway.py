@@ -19,6 +19,7 @@ from jointmon.ratelimit import RateLimitedLog
 from jointmon.topics import DataTopic
 from sensor_gateway.clock_map import ClockMap
 from sensor_gateway.link import SensorLink
+from sensor_gateway.scanner import SensorScanner
 from sensor_gateway.stream_assembler import StreamAssembler
 from sensor_gateway.supervisor import LinkState, SensorSupervisor, SupervisorSettings
 
@@ -153,14 +154,26 @@ class Gateway:
     ``counters`` holds packets received and rejected per reason (``rejected_bad_crc``, ...),
     plus each stream's counters summed over sensors (lost_packets, gap_samples, ...).
     ``recorder`` (optional) sees every notification with its arrival time, for a lossless recording.
+    ``scanner`` (optional): the gateway's shared :class:`SensorScanner` (its links wait on it); the gateway
+    runs it, adds its counters (``scanner_restarts``, ``unknown_sensors``, ...) to :meth:`health` and lists
+    the unknown sensors in its status ``info``. Without ``is_known`` it learns the configured sensors
+    from the bindings (their links' address or name).
     """
 
     def __init__(self, publisher: FramePublisher, bindings: list[SensorBinding],
                  recorder: GatewayTap | None = None, *, supervisor: SupervisorSettings | None = None,
-                 status_interval_s: float = 5.0) -> None:
+                 status_interval_s: float = 5.0, scanner: SensorScanner | None = None) -> None:
         """``supervisor``: retry/backoff/watchdog timing; ``status_interval_s``: how often (s) the gateway
         and sensor statuses (counters, packets/s, loss %) are published and logged."""
         self.publisher = publisher
+        self.scanner = scanner
+        if scanner is not None:
+            # Zero, not absent, until something happens: "no restarts" is a reading, not a missing one.
+            for key in ("scanner_restarts", "unknown_sensors"):
+                scanner.counters.setdefault(key, 0)
+            if scanner.is_known is None:
+                known = {k.lower() for b in bindings for k in (b.link.address, b.link.name)}
+                scanner.is_known = lambda address, name: bool({address.lower(), (name or "").lower()} & known)
         self.recorder = recorder
         self.supervisor_settings = supervisor or SupervisorSettings()
         self.status_interval_s = status_interval_s
@@ -299,10 +312,14 @@ class Gateway:
         total = self.counters + self.stream_counters()
         for s in self._sensors:
             total.update(s.counters)
+        if self.scanner is not None:
+            total.update(self.scanner.counters)  # update, not +: keeps scanner_restarts = 0 visible
         return total
 
     def _publish_health(self, state: str) -> None:
         self.publisher.extra_counters = self.health()
+        if self.scanner is not None and isinstance(getattr(self.publisher, "info", None), dict):
+            self.publisher.info["unknown_sensors"] = self.scanner.unknown_list()  # type: ignore[attr-defined]
         self.publisher.publish_status(state)
         for s in self._sensors:
             self.publish_sensor_status(s)
@@ -316,14 +333,20 @@ class Gateway:
 
     def extra_health(self) -> Counter[str]:
         """The gateway's counters plus the publisher's (published, queued, dropped), for the log."""
-        return self.health() + Counter(getattr(self.publisher, "counters", Counter()))
+        total = self.health()
+        total.update(Counter(getattr(self.publisher, "counters", Counter())))  # update, not +: zeros stay visible
+        return total
 
     async def run(self) -> None:
         """Supervise every sensor until all sessions end (simulated/replayed links) or the task is cancelled."""
         status_task = asyncio.create_task(self._status_loop())
+        background = [status_task]
+        if self.scanner is not None:
+            background.append(asyncio.create_task(self.scanner.run()))
         try:
             await asyncio.gather(*(self._run_sensor(s) for s in self._sensors))
         finally:
-            status_task.cancel()
-            await asyncio.gather(status_task, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             self._publish_health("online")

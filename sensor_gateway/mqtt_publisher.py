@@ -225,7 +225,9 @@ class MqttPublisher:
         return out
 
     def _gateway_status(self, state: str) -> Status:
-        counters = dict(self.health() + self.extra_counters)
+        counters = self.health()
+        counters.update(self.extra_counters)  # update, not +: a zero (scanner_restarts = 0) is a reading too
+        counters = dict(counters)
         return Status("gateway", self.gateway_id, state, time.time_ns(), counters=counters, info=dict(self.info))
 
     def publish_status(self, state: str) -> None:

@@ -9,14 +9,23 @@ reports). :class:`SimLinkFaults` adds the connection faults the gateway's superv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from firmware_sim.peripheral import SimulatedPeripheral, wants_arrival_time
 from jointmon.errors import LinkError
-from jointmon.gatt import CONTROL_CHAR_UUID, CONTROL_START, CONTROL_STOP, STATUS_CHAR_UUID
+from jointmon.gatt import (
+    CONTROL_CHAR_UUID,
+    CONTROL_START,
+    CONTROL_STOP,
+    SERVICE_UUID,
+    STATUS_CHAR_UUID,
+    decode_adv_battery,
+)
 from sensor_gateway.link import NotifyCallback, SensorLink
+from sensor_gateway.scanner import Advertisement, AdvertisementCallback, SensorScanner
 
 SAMPLE_COUNT_BYTE = 10  # header byte holding a packet's sample count (docs/protocol.md §2)
 
@@ -36,11 +45,68 @@ class SimLinkFaults:
     stalls_at_s: tuple[float, ...] = ()
 
 
-class SimLink(SensorLink):
-    """Streams a :class:`SimulatedPeripheral`'s session; the link is finished when the session is."""
+class SimScanSource:
+    """The simulated radio a :class:`SensorScanner` listens to: every ``interval_s`` each peripheral that
+    is advertising (not connected) is "heard" with its RSSI (``rssi_dbm``: by address, default -60).
 
-    def __init__(self, peripheral: SimulatedPeripheral, faults: SimLinkFaults | None = None) -> None:
+    :meth:`stall` reproduces the field failure the scanner watchdog exists for: the scan goes silent
+    without an error until it is stopped and started again. ``starts`` counts (re)starts.
+    """
+
+    def __init__(self, peripherals: list[SimulatedPeripheral], *, interval_s: float = 0.05,
+                 rssi_dbm: dict[str, int] | None = None) -> None:
+        self.peripherals = peripherals
+        self.interval_s = interval_s
+        self.rssi_dbm = rssi_dbm or {}
+        self.starts = 0
+        self.stalled = False
+        self._task: asyncio.Task[None] | None = None
+
+    def stall(self) -> None:
+        """Stop delivering advertisements, silently, until the next :meth:`start`."""
+        self.stalled = True
+
+    async def start(self, on_advertisement: AdvertisementCallback) -> None:
+        await self.stop()
+        self.starts += 1
+        self.stalled = False
+        self._task = asyncio.create_task(self._advertise(on_advertisement))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _advertise(self, on_advertisement: AdvertisementCallback) -> None:
+        t0 = time.monotonic()
+        while True:
+            if not self.stalled:
+                for p in self.peripherals:
+                    if not p.advertising:
+                        continue
+                    ad = p.advertisement(time.monotonic() - t0)
+                    if SERVICE_UUID not in ad["service_uuids"]:  # the real scanner filters on it too
+                        continue
+                    on_advertisement(Advertisement(ad["address"], ad["name"], self.rssi_dbm.get(p.address, -60),
+                                                   decode_adv_battery(ad["manufacturer_data"]), time.monotonic()))
+            await asyncio.sleep(self.interval_s)
+
+
+class SimLink(SensorLink):
+    """Streams a :class:`SimulatedPeripheral`'s session; the link is finished when the session is.
+
+    ``scanner``: connect only once the shared scanner has seen the sensor advertise (as the BLE link
+    does); without one the sensor is taken as in range.
+    """
+
+    def __init__(self, peripheral: SimulatedPeripheral, faults: SimLinkFaults | None = None, *,
+                 scanner: SensorScanner | None = None, scan_timeout_s: float = 10.0) -> None:
         self.peripheral = peripheral
+        self.scanner = scanner
+        self.scan_timeout_s = scan_timeout_s
+        self._rssi: int | None = None
         self.address = peripheral.address
         self.name = peripheral.name
         self.faults = faults or SimLinkFaults()
@@ -60,12 +126,22 @@ class SimLink(SensorLink):
     def finished(self) -> bool:
         return self._task is not None and self._task.done()
 
+    @property
+    def rssi_dbm(self) -> int | None:
+        return self._rssi
+
     async def connect(self) -> None:
         if self.finished:
             raise LinkError(f"{self.name}: session over, sensor gone")
         if self._connect_failures_left > 0:
             self._connect_failures_left -= 1
             raise LinkError(f"{self.name}: simulated connection failure (not advertising)")
+        if self.scanner is not None:
+            adv = await self.scanner.wait_for(self.address, self.scan_timeout_s)
+            if adv is None:
+                raise LinkError(f"{self.name}: not seen advertising for {self.scan_timeout_s} s")
+            self._rssi = adv.rssi
+        self.peripheral.advertising = False  # a connected sensor stops advertising, like the firmware
         self._gone = asyncio.Event()
         self._stalled = False
         self.connections += 1
@@ -137,10 +213,12 @@ class SimLink(SensorLink):
         self._open = False
         self._subscribers.clear()
         self._gone.set()
+        self.peripheral.advertising = not self.finished  # disconnected: it advertises again, until its session ends
 
     async def close(self) -> None:
         """End the sensor's session (the gateway stops)."""
         await self.disconnect()
         self.peripheral.stop()
+        self.peripheral.advertising = False  # switched off for good
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
