@@ -30,9 +30,12 @@ eval: $(BIN)/.installed
 	@test -d bench/data/standard || $(MAKE) standard-set
 	$(BIN)/jointmon eval bench/data/standard
 
+# Peer comparisons and speed figures, printed as tables (bench/README.md); a few minutes on 2 cores.
 bench: $(BIN)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/orientation_peers.py
+	$(BIN)/python bench/sound_peers.py
+	$(BIN)/python bench/gateway_throughput.py
 
 clean:
 	rm -rf $(VENV) results test-artifacts .pytest_cache
