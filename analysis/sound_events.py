@@ -96,6 +96,17 @@ class SoundSettings:
     # level is rare unless the joint made it (dev set: 26 snaps vs 1 other at 9.5 dB), dB.
     snap_pair_min_db: float = 9.5
     snap_pair_max_width_s: float = 0.032  # ... and each no wider than this, s
+    # A cavitation click is one sharp, loud, broadband (2-6 kHz) event; the bursts of a crepitus train are small,
+    # 0.4-3 kHz and alike. So a burst "stands out" from the trains of the last ``zone_keep_s`` (and the open
+    # one) when it is ``standout_db`` louder than their 90th level percentile and its high-frequency fraction is
+    # at least ``standout_min_hf`` and ``standout_hf_margin`` above their median: such a burst inside a train or
+    # in the crepitus zone is a click, while a lone burst that does not stand out within ``train_tail_s`` after a
+    # train is the train's last, sparse grinding (not a click).
+    standout_db: float = 4.0
+    standout_min_hf: float = 0.6
+    standout_hf_margin: float = 0.1
+    standout_min_ref: int = 3  # reference bursts needed to judge, else nothing stands out
+    train_tail_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,8 @@ class SoundTracker:
         self._last_burst_ns = -(2**62)
         self._burst_times: deque[tuple[int, float]] = deque()  # recent bursts: (t_ns, level_db)
         self._mic_names: set[str] = set()  # microphones heard so far (one-microphone set-ups exist)
+        self._train_bursts: deque[tuple[int, float, float]] = deque()  # bursts of trains: (t_ns, level, hf)
+        self._last_train_ns = -(2**62)  # last burst of the last closed train
 
     def add(self, sensor: str, t_ns: int, stream_t_s: float, tr: Transient) -> None:
         c = _Cand(int(t_ns), float(stream_t_s), sensor, tr)
@@ -294,18 +307,26 @@ class SoundTracker:
         hold, gap = round(s.hold_s * 1e9), round(s.train_gap_s * 1e9)
         self._promote_pairs(now_ns - hold)
         self._bursts.sort(key=lambda c: c.t_ns)
-        while self._bursts and self._bursts[0].t_ns <= now_ns - hold:
-            c = self._bursts.pop(0)
-            if self.impacts.near(c.t_ns):
-                self.vetoed += 1
+        merge = round(s.burst_merge_s * 1e9)
+        while self._bursts and self._bursts[0].t_ns <= now_ns - hold - merge:
+            # One burst: as heard in both bands on both microphones (within ``burst_merge_s``).
+            first = self._bursts[0].t_ns
+            n = 1
+            while n < len(self._bursts) and self._bursts[n].t_ns - first <= merge:
+                n += 1
+            burst, self._bursts = self._bursts[:n], self._bursts[n:]
+            burst = [c for c in burst if not self.impacts.near(c.t_ns)]
+            self.vetoed += n - len(burst)
+            if not burst:
                 continue
-            if self._group and c.t_ns - self._group[-1][0].t_ns <= round(s.burst_merge_s * 1e9):
-                self._group[-1].append(c)  # the same burst in the other band or on the other microphone
+            c = burst[0]
+            if self._group and c.t_ns - self._group[-1][0].t_ns <= gap and self._stands_out(burst):
+                out.append(self._click(burst))  # a click during a train: not one of its bursts
                 continue
             self._rearm(c.t_ns)
             if self._group and c.t_ns - self._group[-1][0].t_ns > gap:
                 out += self._close()
-            self._group.append([c])
+            self._group.append(burst)
             self._last_burst_ns = c.t_ns
             out += self._train_update()
         if self._group and now_ns - hold - self._group[-1][0].t_ns > round(s.click_wait_s * 1e9) \
@@ -323,6 +344,33 @@ class SoundTracker:
                 s.rearm_on_impact and self.impacts.between(self._last_burst_ns, t_ns)):
             self._armed = True
 
+    def _stands_out(self, burst: list[_Cand]) -> bool:
+        """Whether ``burst`` is far louder and higher-pitched than the recent trains' bursts (a click)."""
+        s = self.settings
+        t = burst[0].t_ns
+        while self._train_bursts and self._train_bursts[0][0] < t - round(s.zone_keep_s * 1e9):
+            self._train_bursts.popleft()
+        ref = [(lvl, hf) for _, lvl, hf in self._train_bursts]
+        ref += [self._burst_stats(b) for b in self._group]
+        if len(ref) < s.standout_min_ref:
+            return False
+        lvl, hf = self._burst_stats(burst)
+        return bool(lvl >= np.percentile([r[0] for r in ref], 90) + s.standout_db
+                    and hf >= max(s.standout_min_hf, float(np.median([r[1] for r in ref])) + s.standout_hf_margin))
+
+    @staticmethod
+    def _burst_stats(burst: list[_Cand]) -> tuple[float, float]:
+        """(loudest level dB, highest high-band hf fraction) of one burst."""
+        return (max(c.tr.level_db for c in burst),
+                max((c.tr.hf_fraction for c in burst if c.tr.band == "high"), default=0.0))
+
+    def _click(self, burst: list[_Cand]) -> SoundEvent:
+        s = self.settings
+        best = max(burst, key=lambda c: c.tr.level_db)
+        conf = logistic((best.tr.level_db - s.classifier.click_min_db) / s.classifier.slope_db)
+        return self._event("click", min(burst, key=lambda c: c.t_ns), best, conf,
+                           {"hf_fraction": round(self._burst_stats(burst)[1], 2), "in_train": True})
+
     def _train_update(self) -> list[SoundEvent]:
         """The open group just got a burst: report crepitus once it is a train, or a burst in the zone."""
         s = self.settings
@@ -331,7 +379,8 @@ class SoundTracker:
         if self._group_reported:
             return []
         n = len(self._group)
-        if n < s.classifier.train_min_bursts and (n < s.zone_min_bursts or not self._in_zone(angle)):
+        if n < s.classifier.train_min_bursts and (n < s.zone_min_bursts or not self._in_zone(angle)
+                                                   or (n == 1 and self._stands_out(self._group[0]))):
             return []
         self._group_reported = True
         if not self._armed:  # the same cycle's grinding, already reported
@@ -351,13 +400,18 @@ class SoundTracker:
         reported, self._group_reported = self._group_reported, False
         s = self.settings
         if len(group) >= s.classifier.train_min_bursts:
+            self._train_bursts.extend((b[0].t_ns, *self._burst_stats(b)) for b in group)
             angles = [a for a in (self.angle_at(b[0].t_ns) for b in group) if np.isfinite(a)]
             if angles:  # a confirmed train marks its range for the zone
                 self._trains.append((group[0][0].t_ns, min(angles), max(angles)))
             while self._trains and self._trains[0][0] < group[0][0].t_ns - round(s.zone_keep_s * 1e9):
                 self._trains.popleft()
+            self._last_train_ns = group[-1][0].t_ns
         if reported:
             return []
+        if (len(group) == 1 and group[0][0].t_ns - self._last_train_ns <= round(s.train_tail_s * 1e9)
+                and not self._stands_out(group[0])):
+            return []  # the last, sparse grinding of the train just before
         decided = classify_group([[c.tr for c in burst] for burst in group], s.classifier)
         if decided is None and len(group) == 1 and any(id(c) in self._paired for c in group[0]):
             top = max(group[0], key=lambda c: c.tr.level_db)
