@@ -125,6 +125,20 @@ class KinematicEvents:
         self.imu.trim(keep_from if self._last_end_ns is None else min(keep_from, self._last_end_ns))
         return sorted(out, key=lambda e: (e.t_ns, e.type))
 
+    def backfill_angles(self, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> list[KinematicEvent]:
+        """Angles of an earlier stretch recomputed after the fact (the knee's abduction before its calibration
+        completed, :meth:`analysis.knee_angles.KneeAngles.take_backfill`), given once, before the live angles
+        that follow it. A separate valgus scan reports that stretch's episodes (late, with their true onset;
+        ``details["backfilled"]``); an episode still going at its end is continued, not repeated, live."""
+        if self.valgus is None or len(t_ns) == 0:
+            return []
+        scan = ValgusDetector(self.valgus.settings)
+        f = np.asarray(angles["flexion_deg"], float)
+        found = scan.update(np.asarray(t_ns, np.int64), f, np.asarray(angles["abduction_deg"], float),
+                            np.asarray(angles.get("rotation_deg", np.zeros_like(f)), float))
+        self.valgus.merge_until(scan.merge_horizon_ns())
+        return [replace(ev, details={**ev.details, "backfilled": True}) for ev in found]
+
     def _is_landing(self, rep: Rep) -> bool:
         """True when ``rep`` is the landing absorption after a jump (flight since the previous excursion)."""
         s = self.settings

@@ -34,6 +34,10 @@ KNEE_ANGLES = ("flexion_deg", "abduction_deg", "rotation_deg")
 # mean; over half a stride or squat phase the movement's own accelerations still tilt it by > 5 deg, so
 # the angles stay unknown (NaN) for this long (s) after the first sample back.
 GAP_SETTLE_S = 0.5
+# Before the calibration completes the abduction is unknown; the aligned orientations of this last stretch
+# (s) are kept so that, once it completes, the abduction of that stretch can be computed after the fact
+# (``take_backfill``): a valgus on the first reps is then still found, late but with its true time.
+BACKFILL_S = 30.0
 
 
 def side_sign(joint: str) -> float:
@@ -87,6 +91,9 @@ class KneeAngles:
         self.heading: RelativeHeading | None = None
         self._fed = 0  # aligned samples given to the provisional stage
         self._gaps = GapWindows(GAP_SETTLE_S)  # where either sensor's orientation is unknown
+        self._pre: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # t, q_t, q_s, unknown
+        self._pre_keep = int(round(BACKFILL_S * rate_hz))
+        self._backfill: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -112,10 +119,12 @@ class KneeAngles:
             done = self.calibrator.feed(rows)
             start = t_out.size if done is None else done
             out["flexion_deg"][:start] = self._provisional_flexion(th[:start, 0:4], sh[:start, 0:4])
+            self._keep_pre(t_out[:start], th[:start, 0:4], sh[:start, 0:4], unknown[:start])
             if done is not None:
                 assert self.calibrator.result is not None
                 self.heading = RelativeHeading(self.rate_hz, self.calibrator.result.heading_rad,
                                                self._heading_settings)
+                self._backfill = self._compute_backfill()
         if start < t_out.size:
             # Rows inside a gap window are left out of the heading estimate as well as the output.
             rows = start + np.flatnonzero(~unknown[start:])
@@ -126,6 +135,35 @@ class KneeAngles:
         for v in out.values():
             v[unknown] = np.nan
         return t_out, out
+
+    def take_backfill(self) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+        """Once, right after the ``update`` in which the calibration completed: ``(t_ns, angles)`` of the samples
+        output before it (at most the last ``BACKFILL_S``), recomputed with the final calibration (NaN inside
+        gap windows). The live output of those samples stays as it was (provisional); this is for detectors
+        that can still report what happened then. None otherwise."""
+        out, self._backfill = self._backfill, None
+        return out
+
+    def _keep_pre(self, t: np.ndarray, q_t: np.ndarray, q_s: np.ndarray, unknown: np.ndarray) -> None:
+        if t.size:
+            self._pre.append((t, q_t, q_s, unknown))
+        while len(self._pre) > 1 and sum(p[0].size for p in self._pre) - self._pre[0][0].size >= self._pre_keep:
+            self._pre.pop(0)
+
+    def _compute_backfill(self) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+        pre, self._pre = self._pre, []
+        if not pre:
+            return None
+        t, q_t, q_s, unknown = (np.concatenate([p[i] for p in pre])[-self._pre_keep:] for i in range(4))
+        assert self.calibrator.result is not None
+        # Its own heading estimate, started like the live one from the calibration's: the live one is untouched.
+        heading = RelativeHeading(self.rate_hz, self.calibrator.result.heading_rad, self._heading_settings)
+        out = {k: np.full(t.size, np.nan) for k in KNEE_ANGLES}
+        rows = np.flatnonzero(~unknown)
+        if rows.size:
+            for k, v in self._calibrated_angles(q_t[rows], q_s[rows], heading).items():
+                out[k][rows] = v
+        return t, out
 
     def _provisional_flexion(self, q_thigh: np.ndarray, q_shank: np.ndarray) -> np.ndarray:
         """Flexion (deg) before calibration: difference of the segments' sagittal inclinations, with each
@@ -145,8 +183,9 @@ class KneeAngles:
         axes = np.where(np.isfinite(axes), axes, np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]))
         return (_segment_inclination_deg(q_shank, axes[:, 3:]) - _segment_inclination_deg(q_thigh, axes[:, :3]))
 
-    def _calibrated_angles(self, q_thigh: np.ndarray, q_shank: np.ndarray) -> dict[str, np.ndarray]:
-        cal, heading = self.calibrator.result, self.heading
+    def _calibrated_angles(self, q_thigh: np.ndarray, q_shank: np.ndarray,
+                           heading: RelativeHeading | None = None) -> dict[str, np.ndarray]:
+        cal, heading = self.calibrator.result, heading or self.heading
         assert cal is not None and heading is not None
         seg_t = quat_wxyz_to_rotation(q_thigh) * Rotation.from_matrix(cal.thigh_mounting.T)
         seg_s = quat_wxyz_to_rotation(q_shank) * Rotation.from_matrix(cal.shank_mounting.T)

@@ -177,6 +177,11 @@ class KneePipeline:
         if not t_ns.size:
             return
         self.angles_calibrated = self._angles.calibrated
+        backfill = self._angles.take_backfill() if isinstance(self._angles, KneeAngles) else None
+        if backfill is not None:  # calibration just completed: what the stretch before it now shows
+            found = self._kin.backfill_angles(*backfill)
+            self.counters["valgus_backfilled"] += len(found)
+            self._emit_kinematic(found)
         self.angle_history.append(t_ns, angles)
         self.last_angles = self.angle_history.latest()
         main = angles.get("flexion_deg", angles.get("elevation_deg"))

@@ -178,6 +178,18 @@ class ValgusDetector:
                                "flexion_at_peak_deg": round(f_pk, 1), "fppa_deg": round(fp, 1),
                                "threshold_deg": s.threshold_deg, "reference_deg": round(self.baseline_deg, 2)})
 
+    def merge_horizon_ns(self) -> int:
+        """Until when (ns) a new episode would continue the last event's movement: an episode still open and
+        confirmed at the end of the data continues to the last sample."""
+        if self._on and self._confirmed and self.history.end > self.history.start:
+            t_last = float(self.history.window("t", self.history.end - 1, self.history.end)[0])
+            return max(self._merge_until_ns, int(t_last) + int(self.settings.merge_gap_s * 1e9))
+        return self._merge_until_ns
+
+    def merge_until(self, t_ns: int) -> None:
+        """Episodes starting before ``t_ns`` continue an event already reported (e.g. by a backfill scan)."""
+        self._merge_until_ns = max(self._merge_until_ns, int(t_ns))
+
     def peak_between(self, t0_ns: int, t1_ns: int) -> tuple[float, float] | None:
         """Peak re-referenced abduction (deg) with flexion above ``min_flexion_deg`` between two times, and the
         FPPA (deg) there; None if no such samples are held (the last 30 s are) or the abduction is unknown there."""

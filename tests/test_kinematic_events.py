@@ -151,6 +151,32 @@ def test_valgus_ignores_unknown_abduction_before_calibration():
     assert reps[1].details["peak_valgus_deg"] == pytest.approx(12.0, abs=0.3)
 
 
+def test_valgus_backfill_finds_reps_before_calibration_once():
+    """Abduction unknown live until 5.5 s (mid rep 2); recomputed after the fact, the stretch before it is
+    scanned: rep 1's valgus is reported (true onset, marked backfilled) and rep 2's episode, going on at the
+    switch, is reported once (by the scan), not again by the live detector."""
+    t = np.arange(0, 16, 1 / RATE)
+    f = min_jerk(squats(4), t)
+    ang = knee_angles(t, f)
+    ang["abduction_deg"] = 12.0 * (f / 100.0) ** 2  # every rep in valgus
+    t_ns = np.round(t * 1e9).astype(np.int64)
+    cut = int(np.searchsorted(t, 5.5))
+    assert ang["abduction_deg"][cut] > 6.0 and f[cut] > 20.0  # the switch falls inside rep 2's episode
+    live = {k: v.copy() for k, v in ang.items()}
+    live["abduction_deg"][:cut] = np.nan
+    live["rotation_deg"][:cut] = np.nan
+    kin = KinematicEvents("knee", "left")
+    ev = kin.update_angles(t_ns[:cut], {k: v[:cut] for k, v in live.items()})
+    assert of(ev, "valgus") == []
+    back = kin.backfill_angles(t_ns[:cut], {k: v[:cut] for k, v in ang.items()})
+    assert len(back) == 2 and all(e.details["backfilled"] for e in back)
+    ev += back + kin.update_angles(t_ns[cut:], {k: v[cut:] for k, v in live.items()})
+    val = of(ev, "valgus")
+    assert len(val) == 4  # one per rep
+    whole = of(run("knee", t, ang), "valgus")  # as if the abduction had been known all along
+    assert np.allclose([e.t_ns for e in val], [e.t_ns for e in whole], atol=2e7)  # within 20 ms
+
+
 def test_valgus_robust_to_abduction_offset_and_drift():
     t = np.arange(0, 16, 1 / RATE)
     f = min_jerk(squats(4), t)
