@@ -101,11 +101,7 @@ class KneeAngles:
 
     def update(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, gyro_dps: np.ndarray,
                first_index: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        orient = self._orient[sensor]
-        long_gaps = orient.long_gap_count
-        q = orient.update(accel_g, gyro_dps, t_ns, first_index)
-        for gap in list(orient.long_gaps)[len(orient.long_gaps) - min(orient.long_gap_count - long_gaps, 16):]:
-            self._gaps.add(*gap)
+        q = self._gaps.follow(self._orient[sensor], accel_g, gyro_dps, t_ns, first_index)
         self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
         t_out, th, sh = self._pair.pop()
         out = {k: np.full(t_out.size, np.nan) for k in KNEE_ANGLES}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis.orientation import SegmentOrientation
+
 
 def _interp_rows(t: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     """``np.interp`` of each column of ``fp`` (m, k) from times ``tp`` to ``t``, shape (n, k)."""
@@ -84,6 +86,17 @@ class GapWindows:
         self.settle_ns = int(round(settle_s * 1e9))
         self._start = np.empty(0, np.int64)
         self._end = np.empty(0, np.int64)
+
+    def follow(self, orient: SegmentOrientation, accel_g: np.ndarray, gyro_dps: np.ndarray, t_ns: np.ndarray,
+               first_index: int | None) -> np.ndarray:
+        """Run one sensor's orientation over a chunk (``SegmentOrientation.update``) and record the long gaps
+        it bridged in it; return its quaternions."""
+        before = orient.long_gap_count
+        q = orient.update(accel_g, gyro_dps, t_ns, first_index)
+        new = min(orient.long_gap_count - before, orient.long_gaps.maxlen or 0)
+        for gap in list(orient.long_gaps)[len(orient.long_gaps) - new:]:
+            self.add(*gap)
+        return q
 
     def add(self, last_before_ns: int, resume_ns: int) -> None:
         self._start = np.append(self._start, np.int64(last_before_ns))
