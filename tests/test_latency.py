@@ -75,7 +75,8 @@ def test_latency_report_groups_and_percentiles() -> None:
         return Received(10**18 + int(latency_ms * 1e6), e, "src", flushed)
 
     received = [rec("click", float(ms)) for ms in range(1, 101)]
-    received += [rec("rep", 2030.0, duration_s=2.0), rec("click", 5000.0, flushed=True)]
+    received += [rec("rep", 2030.0, duration_s=2.0), rec("click", 5000.0, flushed=True),
+                 rec("valgus", 9000.0, backfilled=True)]  # found after calibration: retrospective, apart
     report = latency_report(received)
     rows = {r.name: r for r in report.rows}
     assert rows["click"].n == 100 and rows["click"].p50_ms == pytest.approx(50.5)
@@ -84,6 +85,8 @@ def test_latency_report_groups_and_percentiles() -> None:
     assert rows["rep (from end)"].p50_ms == pytest.approx(30.0)
     assert report.overall.n == 101 and report.overall.max_ms == pytest.approx(100.0)  # reps from their end
     assert report.flushed == {"click": 1}
+    assert report.backfilled == {"valgus": 1} and "valgus" not in rows
+    assert "pre-calibration stretch" in report.table()
     assert "MISSES" not in report.table()
     assert LatencyRow.of("x", []).n == 0
 
