@@ -98,13 +98,11 @@ def _plain(label: Any) -> dict[str, Any]:
     return asdict(label) if is_dataclass(label) else dict(label)
 
 
-def _labels_and_truth(path: Path, result: OfflineResult) -> tuple[list[dict[str, Any]], dict[str, np.ndarray],
+def _labels_and_truth(result: OfflineResult) -> tuple[list[dict[str, Any]], dict[str, np.ndarray],
                                                                     dict[str, Any]]:
-    if path.is_dir():  # session folder: labels.csv, no angle truth
+    rec = result.extra.get("recording")
+    if rec is None:  # session folder: labels.csv, no angle truth
         return [_plain(lb) for lb in result.extra.get("labels", [])], {}, {}
-    from jointmon.recording import read_recording
-
-    rec = read_recording(path)
     meta = {k: v for k, v in rec.meta.items() if isinstance(v, str | int | float) and k != "t0_wall_ns"}
     return [dict(lb) for lb in rec.labels], rec.truth, meta
 
@@ -113,7 +111,7 @@ def evaluate_session(path: str | Path, tolerance_s: dict[str, float] | None = No
     """Analyse one session and score it, joint by joint (a label only matches events of its own joint)."""
     p = Path(path)
     result = analyze_path(p)
-    labels, truth, meta = _labels_and_truth(p, result)
+    labels, truth, meta = _labels_and_truth(result)
     events = [result.event_record(e) for e in result.events]
     joints = sorted({lb["joint"] for lb in labels} | {e["joint"] for e in events}
                     | {joint for _, joint in result.angles})

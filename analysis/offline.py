@@ -133,16 +133,6 @@ def analyze_frames(frames: Iterable[FrameItem], session: str, settings: KneeSett
                          origin, duration)
 
 
-def _recording_frames(path: Path) -> tuple[Iterable[FrameItem], str, int | None]:
-    """Frames, session id and wall time of session t = 0 (if noted) of a ``.jmrec`` recording: the
-    notifications go through the gateway's decoder and clock map again, as they did live."""
-    from jointmon.recording import read_recording, t0_wall_ns  # lazy: zip/npz readers only when needed
-    from sensor_gateway.recorder import frames_from_recording
-
-    recording = read_recording(path)
-    return frames_from_recording(recording), str(recording.session or path.stem), t0_wall_ns(recording)
-
-
 def analyze_path(path: str | Path, settings: KneeSettings | None = None) -> OfflineResult:
     """Analyse a session folder (a folder with session.toml) or a ``.jmrec`` recording."""
     p = Path(path)
@@ -152,9 +142,15 @@ def analyze_path(path: str | Path, settings: KneeSettings | None = None) -> Offl
                                 origin_ns=imported.start_ns)
         result.extra["labels"] = imported.labels
     elif p.suffix == RECORDING_SUFFIX and p.is_file():
-        frames, session, t0_ns = _recording_frames(p)
-        # Session time 0 is the recording's t0 (the labels' time axis), not the first sample's arrival.
-        result = analyze_frames(frames, session, settings, origin_ns=t0_ns)
+        from jointmon.recording import read_recording, t0_wall_ns  # lazy: zip/npz readers only when needed
+        from sensor_gateway.recorder import frames_from_recording
+
+        # The notifications go through the gateway's decoder and clock map again, as they did live. Session
+        # time 0 is the recording's t0 (the labels' time axis), not the first sample's arrival.
+        recording = read_recording(p)
+        result = analyze_frames(frames_from_recording(recording), str(recording.session or p.stem), settings,
+                                origin_ns=t0_wall_ns(recording))
+        result.extra["recording"] = recording  # labels, truth and notes, for the evaluation harness
     elif not p.exists():
         raise JointmonError(f"{p}: no such file or folder")
     else:
