@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the servers the test suite starts by itself (Debian packages): mosquitto, InfluxDB 1.x,
-# VictoriaMetrics (the InfluxDB 2.x write API). Needs root; without it, prints what to install.
+# VictoriaMetrics (the InfluxDB 2.x write API), and Chromium, the headless browser the live web view's
+# test drives through playwright (playwright's own browser download cannot work offline; Debian's can).
+# Needs root; without it, prints what to install.
 set -u
 missing=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 have mosquitto || missing+=(mosquitto)
 have influxd || missing+=(influxdb)
 have victoria-metrics || missing+=(victoria-metrics)
+have chromium || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-servers: not root; please run: sudo apt-get install ${missing[*]}" >&2
