@@ -58,6 +58,8 @@ FLUSH_INTERVAL_S = 0.1  # angle batches to the browser: 10 a second
 MAX_BODY_BYTES = 4096  # a check-in is ~100 bytes
 PUBLISH_TIMEOUT_S = 5.0
 FINAL_GRADE_WAIT_S = 3.0
+# With the live view on, the analysis should grade this often (s): a check-in shows in the grade soon.
+WEB_GRADE_INTERVAL_S = 5.0
 
 WEB_DIR = Path(__file__).with_name("web")  # installed with the package (package-data in pyproject.toml)
 # The files the page may fetch: URL path -> file under analysis/web (a fixed map, so no path can

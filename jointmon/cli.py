@@ -1,4 +1,4 @@
-"""The ``jointmon`` command: demo, simulate, gateway, analyze."""
+"""The ``jointmon`` command: demo, simulate, gateway, analyze, grade, checkin, eval, record, replay."""
 
 from __future__ import annotations
 
@@ -53,14 +53,40 @@ def _add_sim_args(p: argparse.ArgumentParser, duration: float) -> None:
     pace.add_argument("--speed", type=float, default=1.0, help="real-time multiple, e.g. 10 [%(default)s]")
 
 
+def _port(text: str) -> int:
+    """``--web-port``: a TCP port, 0 for any free one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port number 1-65535, or 0 for any free port") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port number 1-65535, or 0 for any free port")
+    return value
+
+
+def _wait_for_ctrl_c() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from jointmon.demo import DemoOptions, run_demo
+    from jointmon.demo import DemoOptions, DemoSummary, run_demo
 
     opts = DemoOptions(duration_s=args.duration, seed=args.seed, clicks=args.clicks, realtime=not args.fast,
                        speed=args.speed, mqtt_url=args.mqtt, influx=_influx_settings(args),
-                       results_dir=Path(args.results), progress=not args.no_progress, broker=args.broker)
-    summary = run_demo(opts)
-    print(summary.text())
+                       results_dir=Path(args.results), progress=not args.no_progress, broker=args.broker,
+                       web_port=None if args.no_web else args.web_port)
+
+    def after(summary: DemoSummary) -> None:
+        print(summary.text(), flush=True)
+        if args.keep_open and summary.web_url:
+            print(f"live view still at {summary.web_url} (session over); Ctrl-C to quit", flush=True)
+            _wait_for_ctrl_c()
+
+    run_demo(opts, on_web_url=lambda url: print(f"live view: {url}", flush=True), after_session=after)
     return 0
 
 
@@ -199,23 +225,40 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return run_offline(args.path, args.out, on_result=grade)
     if args.pain is not None or args.swelling is not None or args.injury is not None:
         raise JointmonError("--pain/--swelling/--injury grade an offline PATH; for a live session publish them "
-                            "with `jointmon report`")
+                            "with `jointmon checkin` (or the live view's check-in, --web-port)")
     from analysis.mqtt_service import AnalysisService
     from analysis.result_sink import FanOut, ResultSink
     from analysis.results_store import SqliteResults
 
+    mqtt = MqttSettings.from_url(args.mqtt)
+    web = None
+    if args.web_port is not None:  # first: a busy port fails before anything is opened
+        from analysis.web_view import WEB_GRADE_INTERVAL_S, WebView
+
+        web = WebView(args.session, mqtt, port=args.web_port, expect_grades=not args.no_grade).start()
     sinks: list[ResultSink] = [SqliteResults(args.results)]
     influx = _influx_settings(args)
     if influx is not None:
         from analysis.influx_sink import InfluxSink
 
         sinks.append(InfluxSink(influx))
+    if web is not None:
+        sinks.append(web)
+    # with the live view, interim grades every few seconds show a check-in's effect while the session runs
+    grade_interval = args.grade_interval or (WEB_GRADE_INTERVAL_S if web is not None and not args.no_grade else None)
     history = None if args.no_grade else _history(args)
-    service = AnalysisService(MqttSettings.from_url(args.mqtt), FanOut(*sinks), args.session, args.worker_id,
-                              history=history, grade_interval_s=args.grade_interval or None)
+    service = AnalysisService(mqtt, FanOut(*sinks), args.session, args.worker_id,
+                              history=history, grade_interval_s=grade_interval)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    service.start()
+    try:
+        service.start()
+    except BaseException:
+        if web is not None:
+            web.shutdown()
+        raise
+    if web is not None:
+        print(f"live view: {web.url}", flush=True)
     log.info("analysing session %s; results in %s%s; Ctrl-C to stop", args.session, args.results,
              f" and {influx.url}" if influx else "")
     deadline = time.monotonic() + args.duration if args.duration else float("inf")
@@ -226,6 +269,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         pass
     finally:
         service.stop()
+        if web is not None:
+            web.shutdown()
         if history is not None:
             history.close()
     print(f"analysed {sum(service.samples.values()):,} samples; counters {dict(service.counters)}")
@@ -258,7 +303,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_checkin(args: argparse.Namespace) -> int:
     from jointmon.const import MQTT_QOS
     from jointmon.messages import SelfReport
     from jointmon.mqtt_client import ConnectionWaiter, connect, make_client
@@ -271,7 +316,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     topic = reports_topic(args.athlete, args.joint)
     settings = MqttSettings.from_url(args.mqtt)
     client = make_client(settings, f"jointmon-report-{time.time_ns() % 10**9}")
-    connect(client, settings, ConnectionWaiter(client, "report"))
+    connect(client, settings, ConnectionWaiter(client, "checkin"))
     try:
         info = client.publish(topic, report.to_json(), qos=MQTT_QOS)
         info.wait_for_publish(timeout=10.0)
@@ -398,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded broker: mosquitto if installed (falls back to amqtt), or amqtt [%(default)s]")
     p.add_argument("--results", default="results", metavar="DIR", help="where the results file goes [%(default)s]")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    web = p.add_argument_group("live web view (charts, click timeline, alerts, grades, check-in)")
+    web_port = web.add_mutually_exclusive_group()
+    web_port.add_argument("--web-port", type=_port, default=8787, metavar="N",
+                          help="serve it on http://127.0.0.1:N/ (0: any free port) [%(default)s]")
+    web_port.add_argument("--no-web", action="store_true", help="no live web view")
+    web.add_argument("--keep-open", action="store_true",
+                     help="after the session, keep the live view up until Ctrl-C")
     _add_influx_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -440,7 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "joint in PATH]")
     p.add_argument("--no-grade", action="store_true", help="no red-flag grade")
     p.add_argument("--grade-interval", type=float, default=0.0, metavar="S", help="live: also publish an interim "
-                   "grade every S seconds (0: only at the end) [%(default)s]")
+                   "grade every S seconds (0: only at the end, or every few seconds with --web-port) [%(default)s]")
+    p.add_argument("--web-port", type=_port, metavar="N", help="live: serve the live web view (angle charts, click "
+                   "timeline, alerts, grades, athlete check-in) on http://127.0.0.1:N/, e.g. 8787 (0: any free "
+                   "port) [off]")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("grade", help="red-flag grade per joint and session from an events or results file",
@@ -457,10 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grade_args(p)
     p.set_defaults(func=cmd_grade)
 
-    p = sub.add_parser("report", help="publish a self-report (pain, swelling, injury) for a joint over MQTT",
+    p = sub.add_parser("checkin", help="publish a check-in (self-report: pain, swelling, injury) for a joint "
+                                       "over MQTT",
                        description="Publishes the athlete's or coach's self-report for one joint and session on "
                                    "jointmon/v1/reports/{athlete}/{joint}; the analysis service grades the session "
-                                   "with it (pain and swelling are red flags no sensor can measure).")
+                                   "with it (pain and swelling are red flags no sensor can measure). The live web "
+                                   "view's check-in form publishes the same.")
     p.add_argument("--athlete", required=True, help="athlete pseudonym, e.g. ath-001 (never a name)")
     p.add_argument("--joint", required=True, help="joint, e.g. left_knee")
     p.add_argument("--session", default=time.strftime("%Y-%m-%d"), help="session id tag [today's date]")
@@ -468,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who reports [%(default)s]")
     _add_report_args(p, "at least one")
     p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker [%(default)s]")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_checkin)
 
     p = sub.add_parser("eval", help="score the analysis on labelled sessions: precision/recall/F1, timing, "
                                     "sound confusion, angle RMSE",

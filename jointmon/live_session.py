@@ -74,15 +74,18 @@ def run_session(sim: SimulatedSession, mqtt: MqttSettings, sink: ResultSink, ses
                 drop_packets: dict[str, Sequence[tuple[str, int]]] | None = None,
                 knee_settings: KneeSettings | None = None,
                 on_progress: Callable[[float, AnalysisService], None] | None = None,
-                drain_timeout_s: float = 60.0, recorder: GatewayRecorder | None = None) -> SessionRun:
+                drain_timeout_s: float = 60.0, recorder: GatewayRecorder | None = None,
+                grade_interval_s: float | None = None) -> SessionRun:
     """Stream ``sim`` through the whole pipeline and return once the analysis has everything.
 
     ``on_progress(session_seconds_streamed, service)`` is called about 5 times a second.
     ``recorder`` taps the gateway (every notification, losslessly); it gets the session's labels,
-    truth and metadata too, and the caller closes it.
+    truth and metadata too, and the caller closes it. ``grade_interval_s``: the analysis also publishes
+    interim red-flag grades this often (s) while the session runs (for a live view).
     """
     events: list[JointEvent] = []
-    service = AnalysisService(mqtt, sink, session_id, knee_settings=knee_settings, on_event=events.append)
+    service = AnalysisService(mqtt, sink, session_id, knee_settings=knee_settings, on_event=events.append,
+                              grade_interval_s=grade_interval_s)
     service.start()
     publisher = MqttPublisher(mqtt, gateway_id)
     publisher.start()

@@ -1,15 +1,17 @@
 """The CLI as a user runs it: --help everywhere, the demo on both embedded brokers, clear errors."""
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from jointmon.demo import DemoOptions, run_demo
 
-COMMANDS = ("demo", "simulate", "gateway", "analyze")
+COMMANDS = ("demo", "simulate", "gateway", "analyze", "grade", "checkin", "eval", "record", "replay")
 
 
 def jointmon(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -31,9 +33,22 @@ def test_top_level_help_lists_the_commands():
 
 
 def test_demo_with_the_pure_python_broker(tmp_path):
-    """The fallback when mosquitto is not installed: amqtt, in-process."""
+    """The fallback when mosquitto is not installed: amqtt, in-process; with the live view on a free port."""
+    urls: list[str] = []
+    seen: dict = {}
+
+    def after(summary):  # the view still serves the finished session
+        with urllib.request.urlopen(summary.web_url + "api/state", timeout=10) as resp:
+            seen.update(json.loads(resp.read()))
+
     summary = run_demo(DemoOptions(duration_s=12.0, seed=4, clicks=4, realtime=False, results_dir=tmp_path,
-                                   progress=False, broker="amqtt"))
+                                   progress=False, broker="amqtt", web_port=0), on_web_url=urls.append,
+                       after_session=after)
+    assert urls == [summary.web_url] and summary.web_url.startswith("http://127.0.0.1:")
+    assert seen["session"] == summary.session_id and seen["ended"] is True
+    assert [(j["athlete"], j["joint"]) for j in seen["joints"]] == [(summary.sim.athlete, summary.sim.joint)]
+    assert sum(e["type"] == "click" for e in seen["events"]) == len(summary.clicks.pairs)
+    assert [g["final"] for g in seen["grades"]] == [True]  # the final grade came back through amqtt
     assert summary.broker == "amqtt"
     run = summary.run
     assert run.samples_published == sum(run.samples_generated.values()) == sum(run.samples_analysed.values())
@@ -46,8 +61,9 @@ def test_demo_with_the_pure_python_broker(tmp_path):
 
 
 def test_demo_command_prints_the_summary(tmp_path):
-    out = jointmon("demo", "--duration", "8", "--fast", "--no-progress", "--results", str(tmp_path))
+    out = jointmon("demo", "--duration", "8", "--fast", "--no-progress", "--results", str(tmp_path), "--web-port", "0")
     assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("live view: http://127.0.0.1:")
     assert "Session demo-" in out.stdout
     assert "found /" in out.stdout and "injected" in out.stdout
     assert len(list(Path(tmp_path).glob("demo-*.sqlite"))) == 1
@@ -71,3 +87,18 @@ def test_unreachable_broker_is_a_clear_error():
 def test_password_in_url_is_refused():
     out = jointmon("simulate", "--mqtt", "mqtt://user:secret@127.0.0.1:1883")
     assert out.returncode == 2 and "JOINTMON_MQTT_PASSWORD" in out.stderr
+
+
+def test_demo_without_web_and_busy_port(tmp_path):
+    out = jointmon("demo", "--duration", "4", "--fast", "--no-progress", "--results", str(tmp_path), "--no-web")
+    assert out.returncode == 0, out.stderr
+    assert "live view" not in out.stdout and "Session demo-" in out.stdout
+    from analysis.web_view import WebView
+
+    with WebView("s", None, port=0) as busy:
+        out = jointmon("demo", "--duration", "4", "--fast", "--no-progress", "--results", str(tmp_path),
+                       "--web-port", str(busy.port))
+    assert out.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{busy.port}" in out.stderr and "--web-port" in out.stderr
+    out = jointmon("demo", "--web-port", "70000")
+    assert out.returncode == 2 and "a port number 1-65535, or 0 for any free port" in out.stderr

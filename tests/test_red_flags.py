@@ -249,7 +249,7 @@ def test_cli_grade_over_jsonl_sessions(tmp_path: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.parametrize("argv", [
     ["grade", "F", "--pain", "11"], ["grade", "F", "--pain", "x"], ["grade", "F", "--swelling", "maybe"],
-    ["report", "--athlete", A, "--joint", J, "--pain", "-1"],
+    ["checkin", "--athlete", A, "--joint", J, "--pain", "-1"],
 ])
 def test_cli_rejects_bad_values(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -264,8 +264,8 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type": "click"}\n')
     assert main(["grade", str(bad), "--no-history"]) == 2
-    assert main(["report", "--athlete", A, "--joint", J]) == 2
-    assert main(["report", "--athlete", "ath/1", "--joint", J, "--pain", "1"]) == 2
+    assert main(["checkin", "--athlete", A, "--joint", J]) == 2
+    assert main(["checkin", "--athlete", "ath/1", "--joint", J, "--pain", "1"]) == 2
     assert main(["analyze", "--pain", "2", "--mqtt", "mqtt://127.0.0.1:1"]) == 2
     not_db = tmp_path / "notes.txt"
     not_db.write_text("not a database, just text that is long enough to be read as a header")
@@ -274,7 +274,7 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert "notes.txt: cannot use as the athlete history" in err
     assert "no such file" in err and "bad.jsonl, line 1: not a jointmon event" in err
-    assert "nothing to report" in err and "not a valid topic level" in err and "jointmon report" in err
+    assert "nothing to report" in err and "not a valid topic level" in err and "jointmon checkin" in err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ def test_service_takes_self_reports_counts_malformed_and_publishes_grade(mosquit
     history.close()
 
 
-def test_cli_report_publishes_a_self_report(mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_checkin_publishes_a_self_report(mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
     got: list[tuple[str, SelfReport]] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="report-sub", protocol=mqtt.MQTTv311)
     sub.on_message = lambda c, u, m: got.append((m.topic, SelfReport.from_json(m.payload)))
@@ -349,7 +349,7 @@ def test_cli_report_publishes_a_self_report(mosquitto, capsys: pytest.CaptureFix
     sub.loop_start()
     time.sleep(0.3)
     try:
-        assert main(["report", "--athlete", A, "--joint", J, "--session", "s-9", "--pain", "3", "--swelling",
+        assert main(["checkin", "--athlete", A, "--joint", J, "--session", "s-9", "--pain", "3", "--swelling",
                      "--source", "coach", "--mqtt", mosquitto.url]) == 0
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
