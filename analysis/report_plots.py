@@ -72,7 +72,8 @@ def plot_angles(j: JointReport, path: str | Path) -> Path:
     else:
         _empty(ax, "no angle series in this source (events only)")
     ax.set_ylabel(ANGLE_LABEL.get(main, f"{main} (deg)"))
-    ax.set_title(f"{j.athlete} {j.joint}: angles over time, reps shaded and numbered", loc="left", fontsize=10)
+    ax.set_title(f"{j.athlete} {j.joint}: angles over time, reps shaded and numbered", loc="left", fontsize=10,
+                 pad=14)  # room for the rep numbers
     _time_axis(ax, j)
     if not knee:
         return _save(fig, Path(path))
@@ -159,7 +160,7 @@ def plot_sounds(j: JointReport, path: str | Path) -> Path:
         ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
     ax.set_ylabel(ANGLE_LABEL.get(main, "angle (deg)"))
     ax.set_title(f"{j.athlete} {j.joint}: joint sounds over the {main.replace('_deg', '') or 'angle'} curve",
-                 loc="left", fontsize=10)
+                 loc="left", fontsize=10, pad=14)
     _time_axis(ax, j)
     return _save(fig, Path(path))
 
