@@ -46,7 +46,9 @@ MAX_BACKOFF_S = 30.0  # cap of the exponential backoff between attempts of one b
 # Same escaping as influxdb_client.Point (its tables are private, so they are repeated here).
 _ESC_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
 _ESC_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
-_ESC_STRING = str.maketrans({'"': r"\"", "\\": "\\\\"})
+# Line protocol cannot carry a newline, even in a quoted string (InfluxDB 2.x and VictoriaMetrics split the
+# line there; Point writes it raw): written as the two characters backslash-n, and read back that way.
+_ESC_STRING = str.maketrans({'"': r"\"", "\\": "\\\\", "\n": r"\n", "\r": r"\r"})
 
 FieldValue = float | int | str | bool
 

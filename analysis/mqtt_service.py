@@ -3,6 +3,10 @@
 It also takes self-reports (pain, swelling) on the reports topic and publishes each joint's red-flag
 grade (:mod:`analysis.red_flags`) on the grades topic at the end of the session (and, with
 ``grade_interval_s``, an interim grade periodically while it runs).
+
+Besides angles and events, a sink that has the :class:`~analysis.result_sink.RecordSink` methods
+(the InfluxDB sink) also gets the grades, the accepted self-reports, the gateways' sensor statuses
+and gap records (subscribed for that), and the service's own counters every ``health_interval_s``.
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from analysis.athlete_history import AthleteHistory, grade_with_history
 from analysis.joint_router import JointRouter
 from analysis.knee_pipeline import KneePipeline, KneeSettings
 from analysis.red_flags import RedFlagSettings, summarize
-from analysis.result_sink import JointKey, ResultSink
+from analysis.result_sink import JointKey, ResultSink, forward
 from jointmon.config import MqttSettings
 from jointmon.const import MQTT_QOS
-from jointmon.errors import MessageError, TopicError
+from jointmon.errors import FrameError, MessageError, TopicError
+from jointmon.frames import Gap
 from jointmon.messages import JointEvent, JointGrade, SelfReport, Status
 from jointmon.mqtt_client import ConnectionWaiter, connect, make_client
 from jointmon.topics import (
     DATA_SUBSCRIPTION,
+    GAPS_SUBSCRIPTION,
     REPORTS_SUBSCRIPTION,
+    STATUS_SUBSCRIPTION,
     events_topic,
     grades_topic,
+    parse_gaps_topic,
     parse_reports_topic,
     status_topic,
 )
@@ -65,13 +73,17 @@ class AnalysisService:
     ``dropped_report_mismatch`` (topic and payload name different joints). ``history`` (optional)
     gives the red-flag grades their cross-session trend and records each final grade;
     ``grade_interval_s`` (s, optional) publishes interim grades while the session runs.
+
+    Gap records and sensor statuses go to the sink only (bad ones count as ``dropped_gap_bad_topic``,
+    ``dropped_gap_malformed``, ``dropped_status_malformed``); ``health_interval_s`` (s): how often the
+    counters go to the sink (``pipeline_health``), also once at stop.
     """
 
     def __init__(self, mqtt_settings: MqttSettings, sink: ResultSink, session: str, worker_id: str = "analysis-1",
                  knee_settings: KneeSettings | None = None,
                  on_event: Callable[[JointEvent], None] | None = None, *,
                  history: AthleteHistory | None = None, red_flags: RedFlagSettings | None = None,
-                 grade_interval_s: float | None = None) -> None:
+                 grade_interval_s: float | None = None, health_interval_s: float = 10.0) -> None:
         self.settings = mqtt_settings
         self.session = session
         self.worker_id = worker_id
@@ -103,10 +115,14 @@ class AnalysisService:
         self._last_message = time.monotonic()
         self._busy = False
         self._worker = threading.Thread(target=self._work, name=f"{worker_id}-worker", daemon=True)
+        self.health_interval_s = health_interval_s
+        self._stopping = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name=f"{worker_id}-health", daemon=True)
 
     # --- MQTT side (paho's network thread) ---
     def _on_connected(self, client: mqtt.Client) -> None:
-        client.subscribe([(DATA_SUBSCRIPTION, MQTT_QOS), (REPORTS_SUBSCRIPTION, MQTT_QOS)])
+        client.subscribe([(DATA_SUBSCRIPTION, MQTT_QOS), (REPORTS_SUBSCRIPTION, MQTT_QOS),
+                          (GAPS_SUBSCRIPTION, MQTT_QOS), (_SENSOR_STATUS_SUBSCRIPTION, MQTT_QOS)])
         self._publish_status("online")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -134,6 +150,12 @@ class AnalysisService:
     def _handle(self, topic: str, payload: bytes) -> None:
         if topic.startswith(_REPORTS_PREFIX):
             self._on_report(topic, payload)
+        elif topic.startswith(_GAPS_PREFIX):
+            self._on_gap(topic, payload)
+        elif topic.startswith(_STATUS_PREFIX):
+            self._on_status(topic, payload)
+        elif topic == _HEALTH_TICK:
+            self.write_health()
         else:
             self.router.handle_message(topic, payload)
         if self.grade_interval_s and time.monotonic() >= self._next_grade:
@@ -144,6 +166,39 @@ class AnalysisService:
         self.joint_events[(event.athlete, event.joint)].append(event)
         if self._on_event:
             self._on_event(event)
+
+    def _on_gap(self, topic: str, payload: bytes) -> None:
+        """A gateway gap record: to the sink (the router learns gaps from the frames themselves)."""
+        try:
+            stream = parse_gaps_topic(topic)
+        except TopicError as exc:
+            self.router.drop("gap_bad_topic", topic, exc)
+            return
+        try:
+            gap = Gap.from_json(payload)
+        except FrameError as exc:
+            self.router.drop("gap_malformed", topic, exc)
+            return
+        self.counters["gaps"] += 1
+        forward(self.sink, "gap", stream, gap, self.session)
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        """A sensor's status from a gateway (retained: also earlier ones, at their own time): to the sink."""
+        try:
+            status = Status.from_json(payload)
+        except MessageError as exc:
+            self.router.drop("status_malformed", topic, exc)
+            return
+        self.counters["sensor_statuses"] += 1
+        forward(self.sink, "sensor_status", status, self.session)
+
+    def write_health(self) -> None:
+        """The service's counters to the sink (``pipeline_health``, component ``analysis``)."""
+        forward(self.sink, "pipeline_health", "analysis", dict(self.counters), time.time_ns())
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(self.health_interval_s):
+            self._queue.put((_HEALTH_TICK, b""))  # the worker thread writes it: one thread owns the state
 
     def _on_report(self, topic: str, payload: bytes) -> None:
         """A self-report: validated, kept for this session's grade (and in the history); never raises."""
@@ -167,6 +222,7 @@ class AnalysisService:
             self.counters["reports_other_session"] += 1
         if self.history is not None:
             self.history.save_report(report)
+        forward(self.sink, "self_report", report)
 
     def publish_grades(self, final: bool = True) -> list[JointGrade]:
         """Grade every joint seen so far (or reported on) and publish each grade, retained, on its
@@ -180,6 +236,7 @@ class AnalysisService:
             grade = grade_with_history(summary, self.reports.get((athlete, joint)), self.history, self.red_flags,
                                        t_ns=time.time_ns(), final=final)
             self.client.publish(grades_topic(athlete, joint), grade.to_json(), qos=MQTT_QOS, retain=True)
+            forward(self.sink, "grade", grade)
             out.append(grade)
         self.grades.extend(out)
         return out
@@ -187,6 +244,7 @@ class AnalysisService:
     # --- lifecycle ---
     def start(self) -> None:
         self._worker.start()
+        self._ticker.start()
         connect(self.client, self.settings, self._waiter)
         log.info("analysis %s subscribed to %s on %s", self.worker_id, DATA_SUBSCRIPTION, self.settings.url)
 
@@ -201,6 +259,7 @@ class AnalysisService:
 
     def stop(self) -> None:
         """Finish every pipeline (pending detections), publish offline status, disconnect, close sinks."""
+        self._stopping.set()
         self._queue.put(None)
         self._worker.join(timeout=30)
         self.router.finish()
@@ -209,6 +268,10 @@ class AnalysisService:
         except Exception:  # grading must never keep the service from shutting down cleanly
             self.counters["grade_errors"] += 1
             log.exception("red-flag grading failed")
+        try:
+            self.write_health()
+        except Exception:  # noqa: BLE001 - a sink error must not keep the service from stopping
+            log.exception("writing the pipeline health failed")
         self._publish_status("offline")
         self.client.disconnect()
         self.client.loop_stop()
@@ -216,6 +279,10 @@ class AnalysisService:
 
 
 _REPORTS_PREFIX = REPORTS_SUBSCRIPTION.removesuffix("#")
+_GAPS_PREFIX = GAPS_SUBSCRIPTION.removesuffix("#")
+_STATUS_PREFIX = STATUS_SUBSCRIPTION.removesuffix("#") + "sensor/"
+_SENSOR_STATUS_SUBSCRIPTION = _STATUS_PREFIX + "+"
+_HEALTH_TICK = ""  # queue item of the health ticker (no MQTT topic is empty)
 
 
 def _tcp_nodelay(client: mqtt.Client, userdata: object, sock: object) -> None:
