@@ -13,6 +13,10 @@ returned :class:`WrittenSession` holds what went in, so queries can be checked a
 MQTT: ``mqtt_url`` if given, else an embedded broker (mosquitto if installed, else amqtt) for the run.
 Deterministic in what the simulator produces (seeded); the analysis' detections are what they are,
 so compare queries with the returned figures, not with constants. A knee session takes ~10 s.
+
+Timestamps: the simulated sensors start at the wall clock and stream faster than real time, so the
+data (``start_ns`` .. ``end_ns``) runs up to the session's length (45 s knee, 30 s shoulder) ahead of
+the clock when this returns: query with an explicit time range (``time <= end_ns``), not ``now()``.
 """
 
 from __future__ import annotations
