@@ -208,8 +208,8 @@ class LiveFeed:
         self.flush()
         with self.cond:
             if not self.ended:
-                self.ended = True
                 self._append("end", {"session": self.session, "t": time.time()})
+                self.ended = True
 
     def flush(self) -> None:
         """Pending angle samples -> one ``angles`` message per joint (called ~10 times a second)."""
@@ -220,7 +220,11 @@ class LiveFeed:
                     self._append("angles", msg)
 
     def _append(self, name: str, data: dict[str, Any]) -> None:
-        """Caller holds the lock."""
+        """Caller holds the lock. After ``end`` the stream is closed: later updates (e.g. components going
+        offline) still change the state a page gets on opening, but are not pushed (the page stopped listening)."""
+        if self.ended:
+            self.counters["messages_after_end"] += 1
+            return
         self.seq += 1
         self._log.append((self.seq, name, to_json(data)))
         self.cond.notify_all()

@@ -354,6 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")  # the stream ends with the connection (no length)
         self.end_headers()
         self.close_connection = True
+        if self.command == "HEAD":
+            return
         feed = view.feed
         view.counters["sse_clients"] += 1
         try:

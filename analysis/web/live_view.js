@@ -265,8 +265,14 @@ function applySnapshot(snap) {
   state.historyS = snap.history_s || state.historyS;
   config = snap.config || config;
   $("#session").textContent = `session ${snap.session}`;
+  // a snapshot replaces everything (first connection, a reconnect, or a client that fell behind)
   for (const p of state.panels.values()) { p.chart.destroy(); p.node.remove(); }
   state.panels.clear();
+  state.grades.clear(); state.status.clear(); state.checkins.clear();
+  $("#alerts").replaceChildren(el("li", { cls: "muted empty", text: "none yet" }));
+  $("#grades").replaceChildren(el("p", { cls: "muted", text: "graded while the session runs and at its end" }));
+  $("#checkins").replaceChildren();
+  $("#health tbody").replaceChildren(el("tr", { cls: "empty" }, el("td", { colspan: "3", cls: "muted", text: "no status yet" })));
   for (const j of snap.joints) {
     const panel = makePanel(j);
     panel.t.push(...j.t);
