@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from analysis.session_report import add_report_parser
 from jointmon import __version__
 from jointmon.config import InfluxSettings, MqttSettings
 from jointmon.errors import JointmonError
@@ -543,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="worker processes [min(4, CPUs)]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    add_report_parser(sub)  # jointmon report SESSION: HTML session report + PNG figures (docs/session-report.md)
 
     p = sub.add_parser("record", help="simulate a session, stream it through the gateway and record it losslessly",
                        description="Simulated sensors -> gateway (and an MQTT broker with --mqtt); every BLE "
