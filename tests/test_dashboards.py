@@ -635,6 +635,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InfluxDB
             session = write_session(server.url, server.database)
         finally:
             mp.undo()
+        assert len(sent) == session.writer["points_received"], "the spy must see every point the writer took"
         extras = [line(p.measurement, p.tags, p.fields, p.t_ns)
                   for p in extra_points(session.session, session.start_ns)]
         status, body = http_post(f"{server.url}/write?db={server.database}&precision=ns", "\n".join(extras).encode())
