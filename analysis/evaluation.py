@@ -98,7 +98,7 @@ def _plain(label: Any) -> dict[str, Any]:
     return asdict(label) if is_dataclass(label) else dict(label)
 
 
-def _labels_and_truth(result: OfflineResult) -> tuple[list[dict[str, Any]], dict[str, np.ndarray],
+def labels_and_truth(result: OfflineResult) -> tuple[list[dict[str, Any]], dict[str, np.ndarray],
                                                                     dict[str, Any]]:
     rec = result.extra.get("recording")
     if rec is None:  # session folder: labels.csv, no angle truth
@@ -107,29 +107,37 @@ def _labels_and_truth(result: OfflineResult) -> tuple[list[dict[str, Any]], dict
     return [dict(lb) for lb in rec.labels], rec.truth, meta
 
 
+def score_joint(result: OfflineResult, joint: str, labels: list[dict[str, Any]], truth: dict[str, np.ndarray],
+                meta: dict[str, Any], events: list[dict[str, Any]],
+                tolerance_s: dict[str, float] | None = None) -> Score:
+    """One joint's score: its labels against its events (``result.event_record`` dicts), its angles against
+    the truth; counted as part of one session (``sessions`` and ``duration_s`` 0, added by the caller)."""
+    est_t = est = None
+    series = [v for (_, j), v in result.angles.items() if j == joint]
+    if series:
+        t_ns, named = series[0]
+        est_t, est = (t_ns - result.origin_ns) / 1e9, named
+    # The simulator's truth angles belong to the session's one joint; only that joint kind's angles count.
+    scored = JOINT_ANGLES.get(joint_kind(joint), ())
+    joint_truth = {a: truth[a] for a in scored if a in truth} if meta.get("joint") == joint else {}
+    part = score_session([lb for lb in labels if lb["joint"] == joint],
+                         [e for e in events if e["joint"] == joint], result.duration_s,
+                         truth.get("t_s") if joint_truth else None, joint_truth, est_t, est, tolerance_s)
+    part.sessions, part.duration_s = 0, 0.0  # one session, whatever its number of joints
+    return part
+
+
 def evaluate_session(path: str | Path, tolerance_s: dict[str, float] | None = None) -> SessionEvaluation:
     """Analyse one session and score it, joint by joint (a label only matches events of its own joint)."""
     p = Path(path)
     result = analyze_path(p)
-    labels, truth, meta = _labels_and_truth(result)
+    labels, truth, meta = labels_and_truth(result)
     events = [result.event_record(e) for e in result.events]
     joints = sorted({lb["joint"] for lb in labels} | {e["joint"] for e in events}
                     | {joint for _, joint in result.angles})
     score = Score(sessions=1, duration_s=result.duration_s)
     for joint in joints:
-        est_t = est = None
-        series = [v for (_, j), v in result.angles.items() if j == joint]
-        if series:
-            t_ns, named = series[0]
-            est_t, est = (t_ns - result.origin_ns) / 1e9, named
-        # The simulator's truth angles belong to the session's one joint; only that joint kind's angles count.
-        scored = JOINT_ANGLES.get(joint_kind(joint), ())
-        joint_truth = {a: truth[a] for a in scored if a in truth} if meta.get("joint") == joint else {}
-        part = score_session([lb for lb in labels if lb["joint"] == joint],
-                             [e for e in events if e["joint"] == joint], result.duration_s,
-                             truth.get("t_s") if joint_truth else None, joint_truth, est_t, est, tolerance_s)
-        part.sessions, part.duration_s = 0, 0.0  # one session, whatever its number of joints
-        score.add(part)
+        score.add(score_joint(result, joint, labels, truth, meta, events, tolerance_s))
     problems = {k: v for k, v in result.counters.items() if (k.startswith("dropped") or k == "frames_missing") and v}
     return SessionEvaluation(p.stem if p.is_file() else p.name, str(p), score,
                              Counter(lb["type"] for lb in labels), result.counts_by_type(), meta, problems)

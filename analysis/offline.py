@@ -133,13 +133,37 @@ def analyze_frames(frames: Iterable[FrameItem], session: str, settings: KneeSett
                          origin, duration)
 
 
-def analyze_path(path: str | Path, settings: KneeSettings | None = None) -> OfflineResult:
-    """Analyse a session folder (a folder with session.toml) or a ``.jmrec`` recording."""
+def _reporting(frames: Iterable[Any], start_ns: int, total_s: float,
+               on_progress: Callable[[float, float], None] | None) -> Iterable[Any]:
+    """``frames`` unchanged, calling ``on_progress(done_s, total_s)`` about once per session second."""
+    if on_progress is None:
+        return frames
+
+    def reported() -> Iterator[Any]:
+        next_s = 0.0
+        for item in frames:
+            t_s = (item[1].t0_ns - start_ns) / 1e9
+            if t_s >= next_s:
+                on_progress(min(max(t_s, 0.0), total_s), total_s)
+                next_s = t_s + 1.0
+            yield item
+        on_progress(total_s, total_s)
+
+    return reported()
+
+
+def analyze_path(path: str | Path, settings: KneeSettings | None = None, *,
+                 on_progress: Callable[[float, float], None] | None = None) -> OfflineResult:
+    """Analyse a session folder (a folder with session.toml) or a ``.jmrec`` recording.
+
+    ``on_progress(seconds_done, seconds_total)`` (session seconds) is called about once per second of
+    session analysed, for progress bars; it does not change the result."""
     p = Path(path)
     if p.is_dir():
         imported = read_session_folder(p)
-        result = analyze_frames(frames_from_session_folder(imported), imported.session, settings,
-                                origin_ns=imported.start_ns)
+        total = max((float(s.t_s[-1]) for s in imported.sensors.values() if s.t_s.size), default=0.0)
+        frames = _reporting(frames_from_session_folder(imported), imported.start_ns, total, on_progress)
+        result = analyze_frames(frames, imported.session, settings, origin_ns=imported.start_ns)
         result.extra["labels"] = imported.labels
     elif p.suffix == RECORDING_SUFFIX and p.is_file():
         from jointmon.recording import read_recording, t0_wall_ns  # lazy: zip/npz readers only when needed
@@ -148,8 +172,10 @@ def analyze_path(path: str | Path, settings: KneeSettings | None = None) -> Offl
         # The notifications go through the gateway's decoder and clock map again, as they did live. Session
         # time 0 is the recording's t0 (the labels' time axis), not the first sample's arrival.
         recording = read_recording(p)
-        result = analyze_frames(frames_from_recording(recording), str(recording.session or p.stem), settings,
-                                origin_ns=t0_wall_ns(recording))
+        origin = t0_wall_ns(recording)
+        start = origin if origin is not None else (recording.first_arrival_ns or 0)
+        frames = _reporting(frames_from_recording(recording), start, recording.duration_s, on_progress)
+        result = analyze_frames(frames, str(recording.session or p.stem), settings, origin_ns=origin)
         result.extra["recording"] = recording  # labels, truth and notes, for the evaluation harness
     elif not p.exists():
         raise JointmonError(f"{p}: no such file or folder")

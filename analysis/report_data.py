@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from analysis.athlete_history import AthleteHistory, grade_with_history
-from analysis.evaluation import _labels_and_truth  # the harness's own reading of labels and truth: one, not two
-from analysis.evaluation_metrics import DEFAULT_TOLERANCE_S, JOINT_ANGLES, Score, joint_kind, score_session
+from analysis.evaluation import labels_and_truth, score_joint  # the harness's own scoring: one, not two
+from analysis.evaluation_metrics import DEFAULT_TOLERANCE_S, Score, joint_kind
 from analysis.grading import ReportArgs, SessionEvents, sessions_from_file, sessions_from_offline
-from analysis.offline import RECORDING_SUFFIX, OfflineResult, analyze_frames, analyze_path
+from analysis.offline import OfflineResult, analyze_path
 from analysis.red_flags import SOUND_TYPES, RedFlagSettings, summarize
 from analysis.results_store import ANGLE_COLUMNS
 from analysis.rom_tracker import RomSettings
-from analysis.session_folder import SESSION_FILE
 from jointmon.errors import JointmonError
 from jointmon.messages import GRADES, JointEvent, JointGrade
 
@@ -305,46 +303,8 @@ def is_results_file(path: Path) -> bool:
 
 def analyze_with_progress(path: str | Path, on_progress: Callable[[float, float], None] | None = None
                           ) -> OfflineResult:
-    """:func:`analysis.offline.analyze_path` with ``on_progress(seconds_done, seconds_total)`` every ~1 s of
-    session analysed. The same frames in the same order go through the same :func:`analyze_frames`, so the
-    result is the one ``analyze_path`` gives (the report's test holds it to the evaluation harness's numbers)."""
-    p = Path(path)
-    if on_progress is None:
-        return analyze_path(p)
-    if p.is_dir() and (p / SESSION_FILE).is_file():
-        from analysis.session_folder import frames_from_session_folder, read_session_folder
-
-        imported = read_session_folder(p)
-        total = max((float(s.t_s[-1]) for s in imported.sensors.values() if s.t_s.size), default=0.0)
-        frames = _reporting(frames_from_session_folder(imported), imported.start_ns, total, on_progress)
-        result = analyze_frames(frames, imported.session, origin_ns=imported.start_ns)
-        result.extra["labels"] = imported.labels
-    elif p.is_file() and p.suffix == RECORDING_SUFFIX:
-        from jointmon.recording import read_recording, t0_wall_ns
-        from sensor_gateway.recorder import frames_from_recording
-
-        recording = read_recording(p)
-        origin = t0_wall_ns(recording)
-        start = origin if origin is not None else (recording.first_arrival_ns or 0)
-        frames = _reporting(frames_from_recording(recording), start, recording.duration_s, on_progress)
-        result = analyze_frames(frames, str(recording.session or p.stem), origin_ns=origin)
-        result.extra["recording"] = recording
-    else:
-        return analyze_path(p)  # its clear error for anything else
-    result.source = str(p)
-    return result
-
-
-def _reporting(frames: Iterable[Any], start_ns: int, total_s: float,
-               on_progress: Callable[[float, float], None]) -> Iterator[Any]:
-    next_s = 0.0
-    for item in frames:
-        t_s = (item[1].t0_ns - start_ns) / 1e9
-        if t_s >= next_s:
-            on_progress(min(max(t_s, 0.0), total_s), total_s)
-            next_s = t_s + 1.0
-        yield item
-    on_progress(total_s, total_s)
+    """:func:`analysis.offline.analyze_path` with ``on_progress(seconds_done, seconds_total)``."""
+    return analyze_path(path, on_progress=on_progress)
 
 
 def report_from_offline(result: OfflineResult, self_report: ReportArgs | None = None,
@@ -352,7 +312,7 @@ def report_from_offline(result: OfflineResult, self_report: ReportArgs | None = 
                         settings: RedFlagSettings | None = None, now_ns: int = 0) -> SessionReport:
     """The report of an offline analysis: every joint analysed, graded, and scored where there are labels
     (per joint, exactly as :func:`analysis.evaluation.evaluate_session` scores it)."""
-    labels, truth, meta = _labels_and_truth(result)
+    labels, truth, meta = labels_and_truth(result)
     records = [result.event_record(e) for e in result.events]
     joints = []
     for se in sessions_from_offline(result):
@@ -360,15 +320,7 @@ def report_from_offline(result: OfflineResult, self_report: ReportArgs | None = 
         t_ns, angles = result.angles.get((athlete, joint), (np.zeros(0, np.int64), {}))
         score = None
         if labels:
-            est = [v for (_, j), v in result.angles.items() if j == joint]
-            est_t, est_a = ((est[0][0] - result.origin_ns) / 1e9, est[0][1]) if est else (None, None)
-            scored = JOINT_ANGLES.get(joint_kind(joint), ())
-            joint_truth = {a: truth[a] for a in scored if a in truth} if meta.get("joint") == joint else {}
-            score = score_session([lb for lb in labels if lb["joint"] == joint],
-                                  [r for r in records if r["joint"] == joint], result.duration_s,
-                                  truth.get("t_s") if joint_truth else None, joint_truth, est_t, est_a,
-                                  DEFAULT_TOLERANCE_S)
-            score.sessions, score.duration_s = 0, 0.0  # one session, whatever its number of joints
+            score = score_joint(result, joint, labels, truth, meta, records, DEFAULT_TOLERANCE_S)
         joints.append(_joint_report(se, t_ns, angles, self_report, history, settings, now_ns, usual_rom_deg,
                                     score, Counter(lb["type"] for lb in labels if lb["joint"] == joint)))
     problems = {k: v for k, v in result.counters.items() if (k.startswith("dropped") or k == "frames_missing") and v}
