@@ -143,7 +143,8 @@ class BleSensor:
     advertising run on the same session clock). ``drops_at_s``: session times at which the sensor drops
     the connection and advertises again at once. ``tx_buffer_packets``: the firmware's TX ring.
 
-    :attr:`counters`: ``notified_<stream>`` (packets handed to the stack; ``notified_bytes_<stream>``: their
+    :attr:`counters`: ``produced_<stream>`` (packets the core handed over; ``produced_bytes_<stream>``),
+    ``notified_<stream>`` (packets handed to the stack; ``notified_bytes_<stream>``: their
     bytes, without the 3-byte ATT header), ``tx_overflow_<stream>``
     (dropped by the full TX ring), ``unsent_<stream>`` (in the ring when the link went), ``in_flight_lost``
     (held by the controller when the link went), ``mtu_too_small_<stream>``, and packets the core produced
@@ -306,6 +307,8 @@ class BleSensor:
         return (asyncio.get_running_loop().time() - self._loop_t0) * self.speed
 
     def _from_core(self, stream: str, data: bytes) -> None:
+        self.counters[f"produced_{stream}"] += 1
+        self.counters[f"produced_bytes_{stream}"] += len(data)
         if stream == "status":
             self._status = data
             with contextlib.suppress(ValueError, KeyError, TypeError):

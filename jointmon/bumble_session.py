@@ -203,3 +203,50 @@ def run_ble_session(sim: SimulatedSession, mqtt: MqttSettings, sink: ResultSink 
 def sum_counters(counters: Mapping[str, Mapping[str, int]], prefix: str) -> int:
     """Sum of every counter starting with ``prefix`` over all sensors."""
     return sum(n for c in counters.values() for k, n in Counter(c).items() if k.startswith(prefix))
+
+
+# ---------------------------------------------------------------------- throughput (bench/ble_throughput.py, tests)
+
+# docs/protocol.md §2 "Bluetooth budget": one sensor's notification payload + 3-byte ATT headers, B/s.
+BUDGET_BPS = {"pcm16": 37_460.0, "ima_adpcm": 12_420.0}
+ATT_NOTIFY_HEADER_BYTES = 3
+
+
+def multi_sensor_session(n_sensors: int, duration_s: float, seed: int = 0) -> SimulatedSession:
+    """A squat session with ``n_sensors`` sensors (the thigh and shank signals repeated under new segment names:
+    the radio does not care what they show)."""
+    from firmware_sim.session import simulate_squat_session
+
+    sim = simulate_squat_session(duration_s, seed=seed, n_clicks=0)
+    base = [sim.sensors[k] for k in sorted(sim.sensors)]
+    sim.sensors = {f"s{i + 1}": base[i % len(base)] for i in range(n_sensors)}
+    return sim
+
+
+@dataclass(frozen=True)
+class SensorThroughput:
+    """One sensor's notifications over a session, B/s of session time (payload + ATT header)."""
+
+    segment: str
+    delivered_bps: float  # what reached the gateway
+    produced_bps: float  # what the sensor sampled and packed (its need)
+    packets_produced: int
+    packets_received: int  # by the gateway
+    tx_overflow: int  # dropped by the sensor's full TX ring
+
+
+def sensor_throughput(run: BleSessionRun, duration_s: float) -> list[SensorThroughput]:
+    """Per-sensor throughput of a :func:`run_ble_session` run: sensor-side bytes of what was notified (the
+    virtual link loses nothing once notified) and the gateway's packet counts."""
+    rows = []
+    for seg, c in sorted(run.sensor_counters.items()):
+        streams = ("imu", "mic")
+        notified = sum(c.get(f"notified_{s}", 0) for s in streams)
+        overflow = sum(c.get(f"tx_overflow_{s}", 0) for s in streams)
+        sent_bytes = sum(c.get(f"notified_bytes_{s}", 0) for s in streams) + ATT_NOTIFY_HEADER_BYTES * notified
+        produced = sum(c.get(f"produced_{s}", 0) for s in streams)
+        produced_bytes = sum(c.get(f"produced_bytes_{s}", 0) for s in streams) + ATT_NOTIFY_HEADER_BYTES * produced
+        gw = run.gateway_sensor_counters.get(seg, {})
+        rows.append(SensorThroughput(seg, sent_bytes / duration_s, produced_bytes / duration_s, produced,
+                                     int(gw.get("packets", 0)) + int(gw.get("stale_seq", 0)), overflow))
+    return rows

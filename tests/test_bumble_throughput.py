@@ -1,0 +1,55 @@
+"""Four sensors on one virtual Bluetooth radio (Bumble), at full rates: notification throughput per sensor against
+the budget of docs/protocol.md §2, and what a full radio costs (counted drops, never silent loss).
+
+Real time (the gateway stamps arrivals with its own clock); the speed figures are in bench/ble_throughput.py.
+"""
+
+import pytest
+
+from firmware_sim.bumble_virtual import PHY_BYTES_PER_S
+from jointmon.bumble_session import BUDGET_BPS, multi_sensor_session, run_ble_session, sensor_throughput
+from jointmon.config import MqttSettings
+
+BIG_RING = 512  # packets: against test-machine stalls, where every packet must arrive
+
+
+def test_four_sensors_full_rates_all_packets_arrive(mosquitto):
+    """30 s of session, two sensors with a PCM16 microphone and two with IMA ADPCM, on the 2M PHY (~57 % of its
+    airtime): every packet arrives, and each sensor's throughput is the protocol's budget for its encoding."""
+    seconds = 30.0
+    sim = multi_sensor_session(4, seconds)
+    codecs = {"s1": "pcm16", "s2": "pcm16", "s3": "ima_adpcm", "s4": "ima_adpcm"}
+    run = run_ble_session(sim, MqttSettings.from_url(mosquitto.url), None, "ble-tp", speed=1.0,
+                          bytes_per_s=PHY_BYTES_PER_S["2m"], faults={s: {"mic_codec": c} for s, c in codecs.items()},
+                          tx_buffer_packets=BIG_RING)
+    rows = {t.segment: t for t in sensor_throughput(run, seconds)}
+    assert set(rows) == set(codecs)
+    for seg, t in rows.items():
+        assert t.packets_received == t.packets_produced, (seg, run.sensor_lost[seg])
+        assert t.tx_overflow == 0
+        assert t.delivered_bps == pytest.approx(t.produced_bps, rel=1e-9)
+        assert t.delivered_bps == pytest.approx(BUDGET_BPS[codecs[seg]], rel=0.005), seg  # §2 "Bluetooth budget"
+    g = run.gateway_counters
+    assert g.get("lost_packets", 0) == 0 and g.get("gap_samples", 0) == 0
+    assert run.samples_published == sum(run.samples_generated.values())
+    need = sum(BUDGET_BPS[c] for c in codecs.values())
+    assert run.radio_busy_s / seconds == pytest.approx(need / PHY_BYTES_PER_S["2m"], rel=0.03)
+
+
+def test_full_radio_drops_are_counted(mosquitto):
+    """Four PCM16 sensors need ~150 kB/s, the 1M PHY carries ~97 kB/s: the radio runs full, each sensor gets about
+    a quarter of it, and every packet its TX ring dropped is one the gateway reports lost (a gap), none more."""
+    seconds = 8.0
+    sim = multi_sensor_session(4, seconds, seed=1)
+    run = run_ble_session(sim, MqttSettings.from_url(mosquitto.url), None, "ble-full", speed=1.0,
+                          bytes_per_s=PHY_BYTES_PER_S["1m"], faults={"mic_codec": "pcm16"})
+    rows = sensor_throughput(run, seconds)
+    capacity = PHY_BYTES_PER_S["1m"]
+    delivered = sum(t.delivered_bps for t in rows)
+    assert 0.85 * capacity < delivered <= 1.03 * capacity
+    assert max(t.delivered_bps for t in rows) < 1.15 * min(t.delivered_bps for t in rows)  # shared fairly
+    overflow = sum(t.tx_overflow for t in rows)
+    assert overflow > 0.2 * sum(t.packets_produced for t in rows)
+    assert run.gateway_counters["lost_packets"] == overflow
+    for t in rows:
+        assert t.packets_received + t.tx_overflow == t.packets_produced
