@@ -145,11 +145,20 @@ class _Joint:
 
 class InfluxSink:
     """A :class:`~analysis.result_sink.RecordSink` writing the schema of docs/influxdb-schema.md to InfluxDB
-    1.x or 2.x. ``counters``: records it could not turn into points (``dropped_<reason>``)."""
+    1.x or 2.x (the writer: batches, retries, the spool). ``counters``: records it could not turn into points
+    (``dropped_<reason>``)."""
 
     def __init__(self, settings: InfluxSettings, writer: InfluxWriter | None = None, *,
-                 host: str | None = None) -> None:
+                 host: str | None = None, check: bool = True) -> None:
+        """``check``: ask the server at once (:meth:`InfluxWriter.check`): rejected credentials or a missing
+        database raise :class:`~jointmon.errors.ConfigError` now; an unreachable server is only logged."""
         self.writer = writer or InfluxWriter(settings)
+        if check:
+            try:
+                self.writer.check()
+            except Exception:
+                self.writer.close(timeout_s=1.0)
+                raise
         self.host = host or socket.gethostname()
         self.counters: Counter[str] = Counter()
         self._joints: dict[tuple[str, str, str], _Joint] = {}

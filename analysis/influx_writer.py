@@ -2,9 +2,11 @@
 
 :class:`InfluxWriter` buffers lines in memory and one background thread sends them in batches
 (``settings.batch_size`` lines, or whatever has waited ``settings.flush_interval_s``), retrying
-with exponential backoff while the server is unreachable or overloaded. Every point is accounted
-for in :attr:`InfluxWriter.counters`: written, failed (given up or rejected), dropped because the
-buffer was full, or still pending.
+with exponential backoff while the server is unreachable or overloaded, and with a spool
+directory keeping what it cannot send on disk (:mod:`analysis.influx_spool`) and replaying it in
+order when the server is back, also after a restart. Every point is accounted for in
+:attr:`InfluxWriter.counters`: written, failed (given up or rejected), dropped (memory buffer or
+spool full), or still pending (in memory, in flight or in the spool).
 
 Why not influxdb-client's own batching ``WriteApi``: it reports failures only through an error
 callback on its own thread, so a caller cannot ``flush()`` and learn whether the points arrived,
@@ -24,6 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlencode
@@ -34,13 +37,15 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from jointmon.config import InfluxSettings
+from analysis.influx_spool import InfluxSpool, spool_name
+from jointmon.config import ENV_INFLUX_PASSWORD, ENV_INFLUX_TOKEN, InfluxSettings
+from jointmon.const import WARN_INTERVAL_S
 from jointmon.errors import ConfigError
 from jointmon.ratelimit import RateLimitedLog
 
 log = logging.getLogger("jointmon.influx")
 
-MAX_BACKOFF_S = 30.0  # cap of the exponential backoff between attempts of one batch
+MAX_BACKOFF_S = 30.0  # default cap of the exponential backoff between attempts (s)
 
 # --- line protocol ---------------------------------------------------------------------------------
 # Same escaping as influxdb_client.Point (its tables are private, so they are repeated here).
@@ -178,6 +183,24 @@ class _RejectedError(Exception):
         self.status = status
 
 
+class _AuthError(_RejectedError):
+    """401 / 403: wrong credentials, or no write permission on the database / bucket."""
+
+
+# Refusals a spool waits out (kept, retried with backoff, logged) instead of failing the points: the
+# credentials (401/403) or the database/bucket (404, e.g. not created yet while the server initialises)
+# are configuration the operator fixes, after which the data is still wanted.
+KEPT_STATUSES = (401, 403, 404)
+
+
+def _kept(exc: Exception) -> bool:
+    return isinstance(exc, _TransientError) or isinstance(exc, _RejectedError) and exc.status in KEPT_STATUSES
+
+
+CREDENTIALS_HINT = (f"check ${ENV_INFLUX_TOKEN} / ${ENV_INFLUX_PASSWORD} (or ${ENV_INFLUX_TOKEN}_FILE / "
+                    f"${ENV_INFLUX_PASSWORD}_FILE), the user name and org, and the write permission")
+
+
 def _server_message(body: bytes | str | None) -> str:
     """The error text of an InfluxDB error body (1.x ``{"error"}``, 2.x ``{"message"}``)."""
     if not body:
@@ -202,7 +225,18 @@ def _check(status: int, body: bytes | str | None, retry_after: str | None = None
         return
     if status == 429 or status >= 500:
         raise _TransientError(f"HTTP {status}: {_server_message(body)}", _retry_after(retry_after))
+    if status in (401, 403):
+        raise _AuthError(status, _server_message(body))
     raise _RejectedError(status, _server_message(body))
+
+
+def _post(http: urllib3.PoolManager, url: str, body: bytes, headers: Mapping[str, str]) -> None:
+    """POST and raise as :func:`_check` does; connection errors and timeouts are transient."""
+    try:
+        resp = http.request("POST", url, body=body, headers=dict(headers))
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
+    _check(resp.status, resp.data, resp.headers.get("Retry-After"))
 
 
 class _V1Transport:
@@ -217,11 +251,11 @@ class _V1Transport:
             self._headers.update(urllib3.make_headers(basic_auth=f"{settings.username}:{settings.password or ''}"))
 
     def send(self, lines: list[str]) -> None:
-        try:
-            resp = self._http.request("POST", self._url, body="\n".join(lines).encode("utf-8"), headers=self._headers)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
-        _check(resp.status, resp.data, resp.headers.get("Retry-After"))
+        _post(self._http, self._url, "\n".join(lines).encode("utf-8"), self._headers)
+
+    def probe(self) -> None:
+        """An empty write: checks reachability, credentials and the database without writing anything."""
+        _post(self._http, self._url, b"", self._headers)
 
     def close(self) -> None:
         self._http.clear()
@@ -236,6 +270,13 @@ class _V2Transport:
         token = settings.token or (f"{settings.username}:{settings.password or ''}" if settings.username else None)
         self._client = InfluxDBClient(url=settings.url, token=token, org=settings.org, timeout=int(timeout_s * 1000))
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
+        # The probe goes around the client, which sends nothing for an empty record list.
+        self._http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=timeout_s))
+        self._probe_url = (f"{settings.url.rstrip('/')}/api/v2/write?"
+                           f"{urlencode({'org': settings.org, 'bucket': settings.database, 'precision': 'ns'})}")
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if token:
+            self._headers["Authorization"] = f"Token {token}"
 
     def send(self, lines: list[str]) -> None:
         try:
@@ -247,59 +288,112 @@ class _V2Transport:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
 
+    def probe(self) -> None:
+        """An empty write (InfluxDB 2.x checks the token and bucket first; before 2.0.9 it then answers
+        400 "writing requires points", which is a yes here)."""
+        try:
+            _post(self._http, self._probe_url, b"", self._headers)
+        except _AuthError:
+            raise
+        except _RejectedError as exc:
+            if exc.status != 400:
+                raise
+
     def close(self) -> None:
         self._api.close()
         self._client.close()
+        self._http.clear()
 
 
 # --- the writer --------------------------------------------------------------------------------
 class InfluxWriter:
-    """Batched, retried, counted line-protocol writes to InfluxDB (``settings.api`` ``"v1"`` or ``"v2"``).
+    """Batched, retried, counted line-protocol writes to InfluxDB (``settings.api`` ``"v1"`` or ``"v2"``),
+    with an optional on-disk spool for outages.
 
     ``write()`` only appends to an in-memory buffer (at most ``max_buffer_points`` lines; beyond
     that new lines are dropped and counted), so it never blocks on the network. A background
     thread sends batches of up to ``settings.batch_size`` lines as soon as a batch is full or its
-    oldest line has waited ``settings.flush_interval_s`` seconds. A batch that fails with a
-    connection error, timeout, 5xx or 429 is retried up to ``max_retries`` times, waiting
-    ``retry_backoff_s * 2**attempt`` seconds (capped at 30 s; the server's Retry-After wins); a
-    4xx (bad line protocol, missing database, auth) is not retried. Points of a batch given up
-    or rejected count as failed. (InfluxDB 1.x may still have stored the valid lines of a
-    rejected "partial write" batch: points_failed is an upper bound of what was lost.)
+    oldest line has waited ``settings.flush_interval_s`` seconds.
 
-    Counters add up: ``points_received == points_written + points_failed +
-    points_dropped_buffer_full + points_pending``.
+    Without a spool, a batch that fails with a connection error, timeout, 5xx or 429 is retried up
+    to ``max_retries`` times, waiting ``retry_backoff_s * 2**attempt`` seconds (capped at
+    ``max_backoff_s``; the server's Retry-After wins), then given up (failed).
+
+    With a spool (``settings.spool_dir``, or ``spool``: :class:`~analysis.influx_spool.InfluxSpool`),
+    a batch that fails so goes to the spool on disk, and while the spool holds anything every new
+    batch goes there too (order is kept). The thread replays the spool oldest first, a request of
+    up to ``batch_size`` points at a time, retrying with the same backoff for as long as it takes;
+    a replayed batch leaves the disk only once the server took it. A full spool drops its oldest
+    batches (counted in ``points_dropped_spool_full``, logged). :meth:`close` during an outage
+    leaves what is unsent in the spool (still ``points_pending``) for the next start, which
+    resumes it (``points_resumed``). Rejected credentials (401/403) and a missing database / bucket
+    (404) are kept too, logged (credentials as an error): fix the setting and restart, the spool
+    replays (a bucket created late is found by the next attempt).
+
+    Any other 4xx (bad line protocol, ...) is not retried: failed; without a spool, 401/403/404 too. (InfluxDB
+    1.x may still have stored the valid lines of a rejected "partial write" batch: points_failed is
+    an upper bound of what was lost.)
+
+    Counters add up: ``points_received + points_resumed == points_written + points_failed +
+    points_dropped_buffer_full + points_dropped_spool_full + points_pending``.
     """
 
     def __init__(self, settings: InfluxSettings, *, max_retries: int = 5, retry_backoff_s: float = 0.5,
-                 max_buffer_points: int = 1_000_000, request_timeout_s: float = 10.0) -> None:
+                 max_buffer_points: int = 1_000_000, request_timeout_s: float = 10.0,
+                 max_backoff_s: float = MAX_BACKOFF_S, spool: InfluxSpool | None = None) -> None:
         """``request_timeout_s``: per HTTP request (connect + response), seconds."""
-        if max_retries < 0 or retry_backoff_s < 0 or max_buffer_points < 1 or request_timeout_s <= 0:
+        if max_retries < 0 or retry_backoff_s < 0 or max_buffer_points < 1 or request_timeout_s <= 0 \
+                or max_backoff_s < retry_backoff_s:
             raise ConfigError(f"InfluxWriter: need max_retries >= 0 (got {max_retries}), retry_backoff_s >= 0 "
                               f"({retry_backoff_s}), max_buffer_points >= 1 ({max_buffer_points}), "
-                              f"request_timeout_s > 0 ({request_timeout_s})")
+                              f"request_timeout_s > 0 ({request_timeout_s}), max_backoff_s >= retry_backoff_s "
+                              f"({max_backoff_s})")
         self.settings = settings
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
+        self.max_backoff_s = max_backoff_s
         self.max_buffer_points = max_buffer_points
         self._endpoint = f"{settings.url} ({settings.api}, {'db' if settings.api == 'v1' else 'bucket'} " \
                          f"{settings.database!r})"
+        if spool is None and settings.spool_dir:
+            spool = InfluxSpool(Path(settings.spool_dir) / spool_name(settings.url, settings.api, settings.database),
+                                settings.spool_max_bytes)
+        self.spool = spool
         transport_cls = _V1Transport if settings.api == "v1" else _V2Transport
-        self._transport: _V1Transport | _V2Transport = transport_cls(settings, request_timeout_s)
+        try:
+            self._transport: _V1Transport | _V2Transport = transport_cls(settings, request_timeout_s)
+        except Exception:
+            if spool is not None:
+                spool.close()  # release its lock: the caller may retry with other settings
+            raise
         self._warn = RateLimitedLog(log)  # a dead server must not flood the log
+        self.auth_error: str | None = None  # the last credentials error, for callers that want to show it
+        self._auth_logged = -math.inf  # monotonic time the credentials error was last logged
 
         # Everything below is guarded by _cond. Points are numbered in order of acceptance:
-        # _taken of them have left the buffer for the sender, _done of those are written or failed.
+        # _taken of them have left the buffer for the sender, _done of those are written, failed or
+        # dropped from a full spool. Points found in the spool at start count as accepted and taken.
         self._cond = threading.Condition()
         self._buf: collections.deque[str] = collections.deque()
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()  # (accepted total, monotonic t)
-        self._accepted = self._taken = self._done = 0
+        resumed = spool.points if spool is not None else 0
+        self._accepted = self._taken = resumed
+        self._done = 0
         self._flush_target = 0  # send partial batches until _taken reaches this
-        self._bad_reported = 0  # points_failed + points_dropped_buffer_full already reported by flush()
+        self._bad_reported = 0  # points failed or dropped already reported by flush()
         self._closing = False  # no more writes; send everything now
-        self._abort = False  # stop retrying: fail what is left
+        self._abort = False  # stop retrying: fail (no spool) or spool what is left
+        self._retry_at = 0.0  # monotonic time of the next spool replay attempt
+        self._failures = 0  # consecutive failed attempts (spool mode)
+        self._try_now = False  # flush() asked for a replay attempt now
+        self._outage_since: float | None = None  # monotonic start of the current outage (spool mode)
         self._counters = dict.fromkeys(
             ("points_received", "points_written", "points_failed", "points_dropped_buffer_full",
-             "batches_written", "batches_failed", "batches_failed_attempts"), 0)
+             "points_dropped_spool_full", "points_spooled", "points_replayed", "points_resumed",
+             "batches_written", "batches_failed", "batches_failed_attempts", "auth_failures"), 0)
+        self._counters["points_resumed"] = resumed
+        if resumed:
+            self._outage_since = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="jointmon-influx-writer", daemon=True)
         self._thread.start()
 
@@ -335,50 +429,88 @@ class InfluxWriter:
             self._warn.warning("buffer_full", "InfluxDB write buffer full (%d points): dropped %d points; "
                                "is %s reachable?", self.max_buffer_points, dropped, self._endpoint)
 
+    def check(self) -> bool:
+        """Ask the server now, with an empty write (nothing is stored): True if it takes writes; False if
+        it cannot be reached (logged: the writer keeps retrying, or spooling); :class:`ConfigError` with
+        a clear message if it refuses the credentials (401/403) or has no such database / bucket (404)."""
+        try:
+            self._transport.probe()
+        except _TransientError as exc:
+            log.warning("InfluxDB at %s does not answer (%s): %s", self._endpoint, exc,
+                        f"points go to the spool {self.spool.path} until it does" if self.spool is not None
+                        else "points wait in memory and are retried")
+            return False
+        except _AuthError as exc:
+            raise ConfigError(f"InfluxDB at {self._endpoint} refused the credentials ({exc}): "
+                              f"{CREDENTIALS_HINT}") from None
+        except _RejectedError as exc:
+            raise ConfigError(f"InfluxDB at {self._endpoint} refused a write ({exc}): check the "
+                              f"{'database' if self.settings.api == 'v1' else 'bucket and org'} name") from None
+        return True
+
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Send everything enqueued so far now and wait until it is written or given up (seconds).
 
-        True if all of it was written and no point failed or was dropped since the previous
-        flush() (so a failure is reported once, by the flush after it). False on timeout; the
-        writer keeps retrying in the background.
+        With a spool, also try a replay now. True if all of it was written and no point failed or
+        was dropped since the previous flush() (so a failure is reported once, by the flush after
+        it). False on timeout; the writer keeps retrying in the background.
         """
-        deadline = time.monotonic() + timeout_s
+        return self._wait(time.monotonic() + timeout_s, stop_in_outage=False)
+
+    def _wait(self, deadline: float, stop_in_outage: bool) -> bool:
         with self._cond:
             target = self._accepted
             self._flush_target = max(self._flush_target, target)
+            self._try_now = True
             self._cond.notify_all()
             while self._done < target and self._thread.is_alive():
+                if stop_in_outage and self._failures and not self._try_now:
+                    break  # the server still does not answer: what is left stays in the spool
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            bad = self._counters["points_failed"] + self._counters["points_dropped_buffer_full"]
+            bad = self._counters["points_failed"] + self._counters["points_dropped_buffer_full"] \
+                + self._counters["points_dropped_spool_full"]
             ok = self._done >= target and bad == self._bad_reported
             self._bad_reported = bad
             return ok
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Flush (up to ``timeout_s`` seconds), then stop the thread; what is left counts as failed."""
+        """Flush (up to ``timeout_s`` seconds), then stop the thread. Without a spool what is left counts
+        as failed; with one it stays in the spool for the next start (and close() does not wait out
+        an outage: it returns after one more failed attempt)."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self.flush(timeout_s)
+        self._wait(deadline, stop_in_outage=self.spool is not None)
         with self._cond:
-            self._abort = True  # stop backoff waits and retries: give up the rest
+            self._abort = True  # stop backoff waits and retries: give up (or spool) the rest
             self._cond.notify_all()
         # A request in progress can take up to request_timeout_s; do not wait past the deadline.
         self._thread.join(max(deadline - time.monotonic(), 0.1))
         if self._thread.is_alive():
             log.warning("InfluxDB writer to %s: a request still in progress after close(); %d points pending",
                         self._endpoint, self.counters["points_pending"])
+        elif self.spool is not None:
+            if len(self.spool):
+                log.warning("InfluxDB writer to %s closed with %d points in the spool %s: sent at the next start",
+                            self._endpoint, self.spool.points, self.spool.path)
+            self.spool.close()
 
     @property
     def counters(self) -> dict[str, int]:
-        """Snapshot: points_received/written/failed/dropped_buffer_full/pending, batches_written,
-        batches_failed (given up or rejected), batches_failed_attempts (every failed request)."""
+        """Snapshot: points_received/written/failed/pending, points_dropped (= _buffer_full + _spool_full),
+        points_spooled (ever put in the spool), points_replayed (written from the spool), points_resumed
+        (in the spool at start), spool_points / spool_bytes (now), batches_written, batches_failed (given
+        up or rejected), batches_failed_attempts (every failed request), auth_failures (401/403)."""
         with self._cond:
-            return {**self._counters, "points_pending": self._accepted - self._done}
+            c = {**self._counters, "points_pending": self._accepted - self._done}
+        c["points_dropped"] = c["points_dropped_buffer_full"] + c["points_dropped_spool_full"]
+        if self.spool is not None:
+            c["spool_points"], c["spool_bytes"] = self.spool.points, self.spool.size_bytes
+        return c
 
     def __enter__(self) -> Self:
         return self
@@ -388,45 +520,64 @@ class InfluxWriter:
         self.close()
 
     # --- background thread --------------------------------------------------------------------
-    def _next_batch(self) -> list[str] | None:
-        """Wait until a batch is due and take it from the buffer; None when the thread must end."""
+    def _take_locked(self, n: int) -> list[str]:
+        batch = [self._buf.popleft() for _ in range(n)]
+        self._taken += len(batch)
+        while self._arrivals and self._arrivals[0][0] <= self._taken:
+            self._arrivals.popleft()
+        return batch
+
+    def _next_action(self) -> tuple[str, list[str]]:
+        """Wait until there is something to do: ("send" | "spool", batch), ("replay", []), ("abort", rest) or
+        ("exit", [])."""
         size, interval = self.settings.batch_size, self.settings.flush_interval_s
         with self._cond:
-            while not self._abort:
+            while True:
                 n = len(self._buf)
-                if n >= size or (n and (self._closing or self._flush_target > self._taken)):
-                    break
-                if n:
-                    # _arrivals[0] is the write() call that brought the oldest line still buffered
-                    wait = self._arrivals[0][1] + interval - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                elif self._closing:
-                    return None
+                if self._abort:
+                    return "abort", self._take_locked(n)
+                now = time.monotonic()
+                spooling = self.spool is not None and len(self.spool) > 0
+                # _arrivals[0] is the write() call that brought the oldest line still buffered
+                due_at = self._arrivals[0][1] + interval if n else math.inf
+                if n >= size or (n and (self._closing or self._flush_target > self._taken or now >= due_at)):
+                    return ("spool" if spooling else "send"), self._take_locked(min(size, n))
+                if spooling:
+                    if self._try_now or now >= self._retry_at:
+                        return "replay", []
+                    wake = min(self._retry_at, due_at)
+                elif n == 0 and self._closing:
+                    return "exit", []
                 else:
-                    self._cond.wait()
-            if self._abort:
-                self._fail_locked(len(self._buf), batches=0)
-                self._buf.clear()
-                self._arrivals.clear()
-                self._taken = self._accepted
-                return None
-            batch = [self._buf.popleft() for _ in range(min(size, len(self._buf)))]
-            self._taken += len(batch)
-            while self._arrivals and self._arrivals[0][0] <= self._taken:
-                self._arrivals.popleft()
-            return batch
+                    wake = due_at
+                self._cond.wait(None if wake == math.inf else max(wake - now, 0.001))
 
     def _run(self) -> None:
         try:
-            while (batch := self._next_batch()) is not None:
-                self._send(batch)
+            while True:
+                action, batch = self._next_action()
+                if action == "exit":
+                    return
+                if action == "abort":
+                    if batch and self.spool is not None:
+                        self._to_spool(batch)
+                    elif batch:
+                        with self._cond:
+                            self._fail_locked(len(batch), batches=0)
+                    return
+                if action == "spool":
+                    self._to_spool(batch)
+                elif action == "replay":
+                    self._replay()
+                elif self.spool is not None:
+                    self._send_or_spool(batch)
+                else:
+                    self._send(batch)
         finally:
             self._transport.close()
 
     def _send(self, batch: list[str]) -> None:
-        """Send one batch, retrying transient failures; counts the outcome."""
+        """Send one batch, retrying transient failures; counts the outcome (no spool)."""
         attempt = 0
         while True:
             try:
@@ -435,8 +586,7 @@ class InfluxWriter:
                 with self._cond:
                     self._counters["batches_failed_attempts"] += 1
                     self._fail_locked(len(batch))
-                self._warn.warning("rejected", "InfluxDB %s rejected %d points (not retried): %s",
-                                   self._endpoint, len(batch), exc)
+                self._log_rejected(exc, len(batch))
                 log.debug("first lines of the rejected batch:\n%s", "\n".join(batch[:3]))
                 return
             except _TransientError as exc:
@@ -449,9 +599,7 @@ class InfluxWriter:
                     self._warn.warning("gave_up", "InfluxDB write to %s failed %d times, gave up on %d points: %s",
                                        self._endpoint, attempt + 1, len(batch), exc)
                     return
-                delay = min(self.retry_backoff_s * 2**attempt, MAX_BACKOFF_S)
-                if exc.retry_after_s is not None:
-                    delay = min(exc.retry_after_s, MAX_BACKOFF_S)
+                delay = self._backoff(attempt, exc.retry_after_s)
                 attempt += 1
                 self._warn.warning("retry", "InfluxDB write to %s failed (%s); retry %d/%d in %.1f s",
                                    self._endpoint, exc, attempt, self.max_retries, delay)
@@ -465,13 +613,136 @@ class InfluxWriter:
                 log.exception("InfluxDB write to %s: unexpected error, %d points failed", self._endpoint, len(batch))
                 return
             with self._cond:
-                self._counters["points_written"] += len(batch)
-                self._counters["batches_written"] += 1
-                self._done += len(batch)
-                self._cond.notify_all()
+                self._written_locked(len(batch))
             if attempt:
                 log.info("InfluxDB write to %s succeeded after %d retries", self._endpoint, attempt)
             return
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (the server's Retry-After wins), capped."""
+        delay = self.retry_backoff_s * 2 ** min(attempt, 32)
+        if retry_after_s is not None:
+            delay = retry_after_s
+        return min(delay, self.max_backoff_s)
+
+    def _log_rejected(self, exc: _RejectedError, n: int, kept: bool = False) -> None:
+        if isinstance(exc, _AuthError):
+            self.auth_error = f"InfluxDB at {self._endpoint} refused the credentials ({exc}): {CREDENTIALS_HINT}"
+            now = time.monotonic()
+            if now - self._auth_logged >= WARN_INTERVAL_S:  # an error, not a warning: the operator must act
+                self._auth_logged = now
+                log.error("%s; %d points %s", self.auth_error, n, "kept in the spool" if kept else "failed")
+        else:
+            self._warn.warning("rejected", "InfluxDB %s rejected %d points (not retried): %s",
+                               self._endpoint, n, exc)
+
+    # --- spool mode ---------------------------------------------------------------------------
+    def _send_or_spool(self, batch: list[str]) -> None:
+        """One attempt; on a transient failure (or a refusal in KEPT_STATUSES) the batch goes to the spool."""
+        try:
+            self._transport.send(batch)
+        except (_TransientError, _RejectedError) as exc:
+            if _kept(exc):
+                self._attempt_failed(exc, len(batch))
+                self._to_spool(batch)
+                return
+            assert isinstance(exc, _RejectedError)
+            with self._cond:
+                self._counters["batches_failed_attempts"] += 1
+                self._fail_locked(len(batch))
+            self._log_rejected(exc, len(batch))
+            log.debug("first lines of the rejected batch:\n%s", "\n".join(batch[:3]))
+            return
+        except Exception:
+            with self._cond:
+                self._counters["batches_failed_attempts"] += 1
+                self._fail_locked(len(batch))
+            log.exception("InfluxDB write to %s: unexpected error, %d points failed", self._endpoint, len(batch))
+            return
+        with self._cond:
+            self._written_locked(len(batch))
+            self._failures = 0
+
+    def _to_spool(self, batch: list[str]) -> None:
+        assert self.spool is not None
+        dropped = self.spool.put(batch)  # the bound may drop the oldest batches: those points are lost, and done
+        with self._cond:
+            self._counters["points_spooled"] += len(batch)
+            self._counters["points_dropped_spool_full"] += dropped
+            self._done += dropped
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+            self._cond.notify_all()
+
+    def _attempt_failed(self, exc: Exception, n: int) -> None:
+        """Count a failed attempt in spool mode and schedule the next replay with backoff."""
+        with self._cond:
+            self._counters["batches_failed_attempts"] += 1
+            self._try_now = False
+            delay = self._backoff(self._failures, getattr(exc, "retry_after_s", None))
+            self._failures += 1
+            self._retry_at = time.monotonic() + delay
+            if isinstance(exc, _AuthError):
+                self._counters["auth_failures"] += 1
+            self._cond.notify_all()
+        if isinstance(exc, _AuthError):
+            self._log_rejected(exc, n, kept=True)
+        elif isinstance(exc, _RejectedError):
+            self._warn.warning("kept_404", "InfluxDB at %s refused the write (%s): kept in the spool and retried; "
+                               "create the %s or fix its name", self._endpoint, exc,
+                               "database" if self.settings.api == "v1" else "bucket (and org)")
+        else:
+            assert self.spool is not None  # spool mode only
+            self._warn.warning("spooling", "InfluxDB write to %s failed (%s): %d points in the spool %s, next "
+                               "attempt in %.1f s", self._endpoint, exc, self.spool.points + n, self.spool.path, delay)
+
+    def _replay(self) -> None:
+        """Send the spool's oldest batches (up to batch_size points) in one request."""
+        assert self.spool is not None
+        ids, lines = self.spool.peek(self.settings.batch_size)
+        if not ids:
+            return
+        try:
+            self._transport.send(lines)
+        except (_TransientError, _RejectedError) as exc:
+            if _kept(exc):
+                self._attempt_failed(exc, 0)
+                return
+            assert isinstance(exc, _RejectedError)
+            n = self.spool.remove(ids)
+            with self._cond:
+                self._counters["batches_failed_attempts"] += 1
+                self._fail_locked(n)
+            self._log_rejected(exc, n)
+            log.debug("first lines of the rejected batch:\n%s", "\n".join(lines[:3]))
+            return
+        except Exception:
+            n = self.spool.remove(ids)  # a batch the library cannot send would block the spool forever
+            with self._cond:
+                self._counters["batches_failed_attempts"] += 1
+                self._fail_locked(n)
+            log.exception("InfluxDB write to %s: unexpected error replaying the spool, %d points failed",
+                          self._endpoint, n)
+            return
+        n = self.spool.remove(ids)
+        with self._cond:
+            self._written_locked(n)
+            self._counters["points_replayed"] += n
+            self._failures = 0
+            self._try_now = False
+            self._retry_at = 0.0
+            outage = self._outage_since
+            if not len(self.spool):
+                self._outage_since = None
+        if not len(self.spool) and outage is not None:
+            log.info("InfluxDB at %s takes writes again: the spool is replayed (outage of %.1f s, %d points "
+                     "replayed so far)", self._endpoint, time.monotonic() - outage, self._counters["points_replayed"])
+
+    def _written_locked(self, n: int) -> None:
+        self._counters["points_written"] += n
+        self._counters["batches_written"] += 1
+        self._done += n
+        self._cond.notify_all()
 
     def _fail_locked(self, n_points: int, batches: int = 1) -> None:
         """Count ``n_points`` as failed and done (caller holds ``_cond``)."""

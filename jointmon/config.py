@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -18,6 +18,33 @@ from jointmon.errors import ConfigError
 ENV_MQTT_PASSWORD = "JOINTMON_MQTT_PASSWORD"
 ENV_INFLUX_TOKEN = "JOINTMON_INFLUX_TOKEN"
 ENV_INFLUX_PASSWORD = "JOINTMON_INFLUX_PASSWORD"
+# A file holding the secret (docker secrets: /run/secrets/...), instead of the secret in the environment.
+ENV_INFLUX_TOKEN_FILE = "JOINTMON_INFLUX_TOKEN_FILE"
+ENV_INFLUX_PASSWORD_FILE = "JOINTMON_INFLUX_PASSWORD_FILE"
+ENV_INFLUX_SPOOL_DIR = "JOINTMON_INFLUX_SPOOL_DIR"
+INFLUX_SPOOL_MAX_BYTES = 256 * 1024 * 1024  # compressed line protocol: days of one joint's angles
+
+
+def secret_from_env(name: str, file_name: str) -> str | None:
+    """A secret from ``$name``, or read from the file ``$file_name`` names (trailing newline stripped).
+
+    Both set is a :class:`ConfigError` (which one was meant?), as is a file that cannot be read or is
+    empty. The error names the variable and the file, never the secret.
+    """
+    value, path = os.environ.get(name), os.environ.get(file_name)
+    if value is not None and path is not None:
+        raise ConfigError(f"both ${name} and ${file_name} are set: set one")
+    if path is None:
+        return value
+    try:
+        text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"${file_name} = {path}: cannot read the secret file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"${file_name} = {path}: the secret file is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"${file_name} = {path}: the secret file is empty")
+    return text
 
 
 @dataclass(frozen=True)
@@ -87,17 +114,25 @@ class MqttSettings:
 
 @dataclass(frozen=True)
 class InfluxSettings:
-    """Where results go. ``api`` is ``"v1"`` (``/write``, database) or ``"v2"`` (``/api/v2/write``, bucket)."""
+    """Where results go. ``api`` is ``"v1"`` (``/write``, database) or ``"v2"`` (``/api/v2/write``, bucket).
+
+    ``batch_size`` points per request at most; ``flush_interval_s``: the longest a point waits in memory
+    (s). ``spool_dir``: where the writer keeps batches on disk while the server is unreachable (None: no
+    spool, batches are retried in memory and then given up); ``spool_max_bytes``: its bound (compressed).
+    The token and password never appear in ``repr()`` (logs, tracebacks).
+    """
 
     url: str = "http://127.0.0.1:8086"
     api: str = "v2"
     database: str = "jointmon"  # v1 database, or v2 bucket
     org: str = "jointmon"
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     batch_size: int = 5000
     flush_interval_s: float = 1.0
+    spool_dir: str | None = None
+    spool_max_bytes: int = INFLUX_SPOOL_MAX_BYTES
 
     def __post_init__(self) -> None:
         if self.api not in ("v1", "v2"):
@@ -106,12 +141,23 @@ class InfluxSettings:
             raise ConfigError(f"influx url {self.url!r}: must start with http:// or https://")
         if self.batch_size < 1 or self.flush_interval_s <= 0:
             raise ConfigError("influx batch_size must be >= 1 and flush_interval_s > 0")
+        if self.spool_max_bytes <= 0:
+            raise ConfigError(f"influx spool_max_bytes = {self.spool_max_bytes}: must be > 0")
+        parts = urlsplit(self.url)
+        if parts.password is not None or parts.username is not None:
+            raise ConfigError(f"influx url: no credentials in the URL (the password would show in logs and `ps`); "
+                              f"use ${ENV_INFLUX_TOKEN}(_FILE) or ${ENV_INFLUX_PASSWORD}(_FILE)")
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> InfluxSettings:
-        """Settings with secrets taken from the environment (``JOINTMON_INFLUX_TOKEN`` / ``_PASSWORD``)."""
-        kwargs.setdefault("token", os.environ.get(ENV_INFLUX_TOKEN))
-        kwargs.setdefault("password", os.environ.get(ENV_INFLUX_PASSWORD))
+        """Settings with secrets from the environment: ``JOINTMON_INFLUX_TOKEN`` / ``_PASSWORD``, or the
+        file named by ``JOINTMON_INFLUX_TOKEN_FILE`` / ``_PASSWORD_FILE`` (docker secrets); the spool
+        directory from ``JOINTMON_INFLUX_SPOOL_DIR``. Keyword arguments win over the environment."""
+        if "token" not in kwargs:
+            kwargs["token"] = secret_from_env(ENV_INFLUX_TOKEN, ENV_INFLUX_TOKEN_FILE)
+        if "password" not in kwargs:
+            kwargs["password"] = secret_from_env(ENV_INFLUX_PASSWORD, ENV_INFLUX_PASSWORD_FILE)
+        kwargs.setdefault("spool_dir", os.environ.get(ENV_INFLUX_SPOOL_DIR) or None)
         return cls(**kwargs)
 
 

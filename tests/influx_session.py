@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from analysis.influx_sink import InfluxSink
+from analysis.influx_writer import InfluxWriter
 from analysis.mqtt_service import AnalysisService
 from analysis.result_sink import FanOut, JointKey
 from firmware_sim.scenario import scenario_from_dict
@@ -145,14 +146,17 @@ class _Tally:
 def write_session(influx: InfluxSettings | str, database: str = "jointmon", *, api: str = "v1",
                   kind: str = "knee", session: str | None = None, mqtt_url: str | None = None,
                   pain: int = 2, swelling: bool = False, grade_interval_s: float = 2.0,
-                  scenario: Mapping[str, Any] | None = None) -> WrittenSession:
+                  scenario: Mapping[str, Any] | None = None, writer: InfluxWriter | None = None,
+                  on_progress: Callable[[float], None] | None = None) -> WrittenSession:
     """Run one simulated ``kind`` ("knee" or "shoulder") session through the live analysis into InfluxDB.
 
     ``influx``: settings, or a URL (then ``database``, ``api`` "v1"/"v2", org "jointmon", token from the
     environment). ``session``: the session id (default ``"{kind}-{time}"``). Before any data the athlete
     reports ``pain`` (0..10) and ``swelling``; interim grades every ``grade_interval_s`` seconds of wall
     time, a final grade at the end. ``scenario``: a scenario table overriding the built-in one.
-    Returns once every point is written (the sink is closed).
+    ``writer``: the InfluxWriter to use (e.g. with a spool; default: one for ``influx``);
+    ``on_progress(streamed_s)``: called ~5 times a second with the session seconds streamed so far.
+    Returns once every point is written (the sink is closed); RuntimeError if some were not.
     """
     if kind not in SCENARIOS:
         raise ValueError(f"kind {kind!r}: 'knee' or 'shoulder'")
@@ -162,10 +166,12 @@ def write_session(influx: InfluxSettings | str, database: str = "jointmon", *, a
     session = session or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     report = SelfReport(sim.athlete, sim.joint, session, time.time_ns(), pain=pain, swelling=swelling)
     tally = _Tally()
-    sink = InfluxSink(settings)
+    sink = InfluxSink(settings, writer)
     services: list[AnalysisService] = []
 
-    def progress(_streamed_s: float, service: AnalysisService) -> None:
+    def progress(streamed_s: float, service: AnalysisService) -> None:
+        if on_progress is not None:
+            on_progress(streamed_s)
         if not services:  # first call, before the data: the check-in, and interim grades from now on
             services.append(service)
             service.client.publish(reports_topic(sim.athlete, sim.joint), report.to_json(), qos=1).wait_for_publish(5)
@@ -182,12 +188,12 @@ def write_session(influx: InfluxSettings | str, database: str = "jointmon", *, a
             broker.stop()
     events = Counter(e.type for e in tally.events if e.type != "rep")
     reps = [e for e in tally.events if e.type == "rep"]
-    writer = sink.writer.counters
-    if writer["points_written"] != writer["points_received"]:
-        raise RuntimeError(f"InfluxDB at {settings.url} did not take every point: {writer}")
+    counters = sink.writer.counters
+    if counters["points_written"] != counters["points_received"] + counters["points_resumed"]:
+        raise RuntimeError(f"InfluxDB at {settings.url} did not take every point: {counters}")
     return WrittenSession(
         session=session, athlete=sim.athlete, joint=sim.joint, side=sim.joint.split("_", 1)[0],
         kind=kind, start_ns=int(tally.t_min or 0), end_ns=int(tally.t_max or 0), angle_points=tally.angle_points,
         events=events, reps=len(reps), rep_peaks_deg=[e.magnitude for e in reps], event_list=tally.events,
-        grades=tally.grades, report=report, gaps=tally.gaps, sensor_statuses=tally.statuses, writer=writer,
+        grades=tally.grades, report=report, gaps=tally.gaps, sensor_statuses=tally.statuses, writer=counters,
         run=run, truth_clicks=sum(1 for lb in sim.labels if lb.type == "click"))

@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.parse
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 from influx_session import WrittenSession, write_session
 from servers import InfluxDB1Server, VictoriaMetricsServer, http_get
 
+from analysis.influx_writer import InfluxWriter
+from jointmon.config import InfluxSettings
 from jointmon.messages import GRADES
 
 
@@ -132,3 +136,37 @@ def test_knee_session_into_victoria_metrics_v2(victoria_metrics: VictoriaMetrics
     assert by_name["self_report_pain"][0]["values"] == [w.report.pain]
     assert sum(len(s["values"]) for s in by_name["gap_samples"]) == len(w.gaps)
     assert {s["metric"]["sensor"] for s in by_name["sensor_health_loss_pct"]} == {"thigh", "shank"}
+
+
+def test_influxd_down_mid_session_nothing_lost(influxdb1: InfluxDB1Server, tmp_path: Path) -> None:
+    """influxd stops once the analysis has written ~300 points and comes back (same data dir) at ~1200 of
+    ~2300: the spool keeps what the analysis wrote meanwhile and replays it in order; every measurement then
+    holds exactly what was written."""
+    settings = InfluxSettings(url=influxdb1.url, api="v1", database=influxdb1.database, batch_size=2000,
+                              flush_interval_s=0.2, spool_dir=str(tmp_path / "spool"))
+    writer = InfluxWriter(settings, retry_backoff_s=0.1, max_backoff_s=0.5)
+    done = threading.Event()
+    marks: dict[str, int] = {}
+
+    def outage() -> None:  # driven by what the analysis has written, not by the clock
+        for mark, at, action in (("stop", 300, influxdb1.stop), ("start", 1200, influxdb1.start)):
+            while writer.counters["points_received"] < at and not done.is_set():
+                time.sleep(0.01)
+            marks[mark] = writer.counters["points_received"]
+            action()
+        # influxd dies with the thread that started it (servers.py: PR_SET_PDEATHSIG): stay until the end
+        done.wait()
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    try:
+        w = write_session(settings, session="knee-outage", writer=writer)
+        assert set(marks) == {"stop", "start"} and influxdb1.running
+        c = w.writer
+        assert c["points_spooled"] > 500 and c["points_replayed"] == c["points_spooled"], c
+        assert (c["points_failed"], c["points_dropped"], c["points_pending"], c["spool_points"]) == (0, 0, 0, 0), c
+        assert c["batches_failed_attempts"] >= 1
+        check_v1_session(influxdb1, w)
+    finally:
+        done.set()
+        thread.join()
