@@ -189,7 +189,8 @@ class BleSensor:
         self._tx: deque[tuple[str, bytes]] = deque()
         self._tx_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._finished = asyncio.Event()
+        self._finished = asyncio.Event()  # off the air for good
+        self._off: asyncio.Future[None] | None = None  # the power-off, once begun
         self._status = self._status_json(self.faults.battery_level(0.0))
         self._battery = self.faults.battery_level(0.0)
         self._chars: dict[str, Characteristic] = {}
@@ -398,11 +399,11 @@ class BleSensor:
         self.counters[f"disconnects_{hci.HCI_Constant.error_name(reason).lower()}"] += 1
         self.link_events.append((self.session_s(), "disconnect"))
         log.info("%s: disconnected (%s)", self.name, hci.HCI_Constant.error_name(reason))
-        if self.on_air and not self._finished.is_set():
+        if self.on_air and self._off is None:
             self._spawn(self._advertise())
 
     async def _advertise(self) -> None:
-        if not self.on_air or self.connection is not None or self._finished.is_set():
+        if not self.on_air or self.connection is not None or self._off is not None:
             return
         adv, scan_rsp = advertising_payloads(self.name, self.faults.battery_level(self.session_s()),
                                              name_in_adv_data=self.name_in_adv_data)
@@ -456,7 +457,7 @@ class BleSensor:
         events += [(t, "drop") for t in self.drops_at_s] + [(t, "stall") for t in self.stalls_at_s]
         for t, what in sorted(events):
             await self._sleep_until(t)
-            if self._finished.is_set():
+            if self._off is not None:
                 return
             if what in ("out_of_range", "reboot"):
                 await self._go_off_air(what, timeout)
@@ -477,15 +478,20 @@ class BleSensor:
             await self._switch_off()
 
     async def _switch_off(self) -> None:
-        """The session is over: off the air for good."""
-        if self._finished.is_set():
-            return
-        self._finished.set()
+        """The session is over: off the air for good (once; a second caller waits for the first)."""
+        if self._off is None:
+            self._off = asyncio.ensure_future(self._power_off())
+        await asyncio.shield(self._off)
+
+    async def _power_off(self) -> None:
         self.link_events.append((self.session_s(), "off"))
-        with contextlib.suppress(Exception):
-            await self.device.stop_advertising()
-        # Orderly: what is queued goes out before the sensor powers off.
-        await self._disconnect(hci.HCI_REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR, drain=True)
+        try:
+            with contextlib.suppress(Exception):
+                await self.device.stop_advertising()
+            # Orderly: what is queued goes out before the sensor powers off.
+            await self._disconnect(hci.HCI_REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR, drain=True)
+        finally:
+            self._finished.set()
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]

@@ -28,11 +28,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bumble import hci
+from bumble import hci, ll
 from bumble.controller import Controller
 from bumble.device import Device
 from bumble.link import LocalLink
@@ -40,7 +40,7 @@ from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink
 
 from firmware_sim.ble_peripheral import BleSensor, static_address
-from firmware_sim.link_faults import LinkFaults
+from firmware_sim.link_faults import LinkFaults, link_faults_for_sensors
 from firmware_sim.session import SimulatedSession
 from jointmon.bumble_host import QuietHost
 
@@ -51,6 +51,7 @@ LE_ACL_PACKET_BYTES = 251  # data length extension: a 247-byte ATT PDU + 4-byte 
 LE_ACL_BUFFERS = 8  # ACL buffers of a typical controller: packets a host may have in flight
 L2CAP_HEADER_BYTES = 4  # not counted against the budget, which counts ATT payload + ATT header
 PHY_BYTES_PER_S = {"1m": 97_000.0, "2m": 175_000.0}  # docs/protocol.md §2: application throughput per PHY
+SIM_CLOCK_OFFSETS_US = {"thigh": 1_234_567, "shank": 7_654_321}  # as jointmon.live_session: clocks start apart
 
 
 class VirtualRadio:
@@ -133,6 +134,16 @@ class VirtualController(Controller):
         else:
             super().on_hci_packet(packet)
 
+    def on_hci_reset_command(self, command: hci.HCI_Command) -> hci.HCI_StatusReturnParameters:
+        """A reset drops the controller's links (a gateway process restarting on the TCP HCI port): the peers see
+        a supervision timeout and advertise again. Bumble's controller keeps them, stale."""
+        for conn in list(self.le_connections.values()):
+            conn.send_ll_control_pdu(ll.TerminateInd(hci.HCI_CONNECTION_TIMEOUT_ERROR))
+        self.le_connections.clear()
+        self.pending_le_connection = None
+        self.le_scan_enable = False
+        return super().on_hci_reset_command(command)
+
     def on_hci_le_create_connection_cancel_command(self, command: hci.HCI_Command) -> hci.HCI_StatusReturnParameters:
         """Vol 4 Part E 7.8.13: cancel the pending connection; it ends with an LE Connection Complete event
         with status Unknown Connection Identifier (after the Command Complete)."""
@@ -177,21 +188,76 @@ def ble_sensors_for_session(sim: SimulatedSession, device_for: Callable[[str], D
                             drops_at_s: Mapping[str, tuple[float, ...]] | None = None,
                             stalls_at_s: Mapping[str, tuple[float, ...]] | None = None,
                             name_in_adv_data: bool = True, **kwargs: Any) -> dict[str, BleSensor]:
-    """One :class:`BleSensor` per sensor of ``sim`` (by segment name), named and clocked like the simulated
-    link's peripherals (``jointmon.live_session.make_peripherals``: JM-THIGH-02, ...); ``device_for(name)``
-    gives each its Bumble device."""
-    from jointmon.live_session import make_peripherals  # the one place sensor names, clocks and faults are set
-
+    """One :class:`BleSensor` per sensor of ``sim`` (by segment name), named, clocked and faulted like the simulated
+    link's peripherals (``jointmon.live_session.make_peripherals``: JM-SHANK-01, JM-THIGH-02, ...; the same rules,
+    kept here so the sensors' process does not import the analysis); ``device_for(name)`` gives each its device.
+    ``faults``: a ``[link]`` table or LinkFaults per segment (else the session's own ``link`` table)."""
     drops_at_s, stalls_at_s = drops_at_s or {}, stalls_at_s or {}
-    protos = make_peripherals(sim, realtime=True, speed=speed, faults=faults)
+    names = sorted(sim.sensors)
+    table = faults if faults is not None else getattr(sim, "link", None)
+    if table and all(isinstance(v, LinkFaults) for v in table.values()):
+        per_sensor = {n: table.get(n) or LinkFaults() for n in names}
+    else:
+        per_sensor = link_faults_for_sensors(table, names)
     return {
-        segment: BleSensor(device_for(p.name), p.signals, faults=p.faults, speed=speed,
-                           clock_offset_us=p.clock_offset_us - p.faults.clock_offset_us,  # the core adds the fault's
-                           seed=p.seed, drops_at_s=drops_at_s.get(segment, ()),
-                           stalls_at_s=stalls_at_s.get(segment, ()), name_in_adv_data=name_in_adv_data,
-                           **kwargs)
-        for segment, p in protos.items()
+        segment: BleSensor(device_for(f"JM-{segment.upper()}-{i:02d}"), sim.sensors[segment],
+                           faults=per_sensor[segment], speed=speed,
+                           clock_offset_us=SIM_CLOCK_OFFSETS_US.get(segment, 0),
+                           seed=int(getattr(sim, "seed", 0)), drops_at_s=drops_at_s.get(segment, ()),
+                           stalls_at_s=stalls_at_s.get(segment, ()), name_in_adv_data=name_in_adv_data, **kwargs)
+        for i, segment in enumerate(names, start=1)
     }
+
+
+def gateway_config_toml(sensors: Mapping[str, BleSensor], sim: SimulatedSession, *, gateway_id: str = "gw-vble",
+                        mqtt_url: str = "mqtt://127.0.0.1:1883") -> str:
+    """A gateway config (docs/gateway.example.toml) for these sensors, matched by advertised name."""
+    lines = ["# written by jointmon simulate --virtual-ble: the simulated sensors of one session",
+             "[gateway]", f'id = "{gateway_id}"', f'mqtt_url = "{mqtt_url}"', ""]
+    for segment, s in sensors.items():
+        lines += ["[[sensors]]", f'match = "{s.name}"', f'athlete = "{sim.athlete}"', f'joint = "{sim.joint}"',
+                  f'segment = "{segment}"', ""]
+    return "\n".join(lines)
+
+
+async def run_hci_ble_sensors(sim: SimulatedSession, hci_specs: Mapping[str, str], *, speed: float = 1.0,
+                              faults: Mapping[str, Any] | Mapping[str, LinkFaults] | None = None,
+                              on_ready: Callable[[dict[str, BleSensor]], None] | None = None) -> VirtualSensorsRun:
+    """``jointmon simulate --ble usb:0``: each sensor of ``sim`` on a real HCI controller (segment -> Bumble
+    transport spec: ``usb:0``, ``usb:2fe3:000b``, ``serial:/dev/ttyACM0,1000000``, ...), advertising on the air to
+    any gateway (BlueZ + bleak on a Raspberry Pi, or ``--backend bumble``). One controller per sensor: a
+    controller advertises and takes connections as one device. Returns when every session is over."""
+    from bumble.transport import open_transport
+
+    missing = set(sim.sensors) - set(hci_specs)
+    if missing:
+        raise ValueError(f"no HCI transport for sensor(s) {sorted(missing)} (one controller per sensor)")
+    t0 = time.monotonic()
+    transports = {seg: await open_transport(spec) for seg, spec in hci_specs.items() if seg in sim.sensors}
+    try:
+        def device_for(name: str) -> Device:
+            seg = next(seg for seg in transports if name.upper().startswith(f"JM-{seg.upper()}-"))
+            t = transports[seg]
+            return Device(name=name, address=static_address(name), host=QuietHost(t.source, t.sink))
+
+        # A real controller sends scan responses: the name goes there, as docs/protocol.md §1 says.
+        sensors = ble_sensors_for_session(sim, device_for, speed=speed, faults=faults, name_in_adv_data=False)
+        for s in sensors.values():
+            await s.start()
+        if on_ready is not None:
+            on_ready(sensors)
+        try:
+            await asyncio.gather(*(s.wait_finished() for s in sensors.values()))
+        finally:
+            for s in sensors.values():
+                await s.close()
+        return VirtualSensorsRun(counters={s.name: dict(s.counters) for s in sensors.values()},
+                                 lost={s.name: dict(s.lost_packets()) for s in sensors.values()},
+                                 wall_s=time.monotonic() - t0)
+    finally:
+        for t in transports.values():
+            with contextlib.suppress(Exception):
+                await t.close()
 
 
 @dataclass
@@ -208,12 +274,16 @@ async def run_virtual_ble_sensors(sim: SimulatedSession, *, hci_spec: str = "tcp
                                   speed: float = 1.0, bytes_per_s: float | None = PHY_BYTES_PER_S["2m"],
                                   faults: Mapping[str, Any] | Mapping[str, LinkFaults] | None = None,
                                   on_ready: Callable[[dict[str, BleSensor]], None] | None = None,
-                                  start_timeout_s: float | None = None) -> VirtualSensorsRun:
+                                  start_timeout_s: float | None = None,
+                                  linger: Callable[[VirtualSensorsRun], Awaitable[None]] | None = None,
+                                  ) -> VirtualSensorsRun:
     """``jointmon simulate --virtual-ble``: the sensors of ``sim`` advertise on a virtual link whose gateway
     adapter is served as HCI on ``hci_spec`` (a Bumble transport; the gateway opens the matching
     ``tcp-client:HOST:PORT``). Returns when every sensor's session is over (each starts at its first START,
     so the sessions wait for a gateway); ``start_timeout_s``: give up if no gateway started them by then.
-    ``on_ready(sensors)`` is called once they advertise (print the addresses, write a gateway config)."""
+    ``on_ready(sensors)`` is called once they advertise (print the addresses, write a gateway config);
+    ``linger(result)``: awaited after the sessions, while the radio and the gateway's HCI port still run (without
+    it the port closes at once and the gateway sees its controller vanish)."""
     t0 = time.monotonic()
     vble = VirtualBle(bytes_per_s=bytes_per_s, speed=speed)
     transport = await open_transport(hci_spec)
@@ -239,9 +309,12 @@ async def run_virtual_ble_sensors(sim: SimulatedSession, *, hci_spec: str = "tcp
                 w.cancel()
             for s in sensors.values():
                 await s.close()
-        return VirtualSensorsRun(counters={s.name: dict(s.counters) for s in sensors.values()},
-                                 lost={s.name: dict(s.lost_packets()) for s in sensors.values()},
-                                 radio_busy_s=vble.radio.busy_s, wall_s=time.monotonic() - t0)
+        result = VirtualSensorsRun(counters={s.name: dict(s.counters) for s in sensors.values()},
+                                   lost={s.name: dict(s.lost_packets()) for s in sensors.values()},
+                                   radio_busy_s=vble.radio.busy_s, wall_s=time.monotonic() - t0)
+        if linger is not None:
+            await linger(result)
+        return result
     finally:
         with contextlib.suppress(Exception):
             await transport.close()

@@ -17,11 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from analysis.knee_pipeline import KneePipeline
-from analysis.mqtt_service import AnalysisService
-from analysis.result_sink import ResultSink
 from firmware_sim.ble_peripheral import BleSensor
 from firmware_sim.bumble_virtual import VirtualBle, ble_sensors_for_session
 from firmware_sim.link_faults import LinkFaults
@@ -36,6 +33,10 @@ from sensor_gateway.gateway import FramePublisher, Gateway, SensorBinding
 from sensor_gateway.mqtt_publisher import MqttPublisher
 from sensor_gateway.scanner import SensorScanner
 from sensor_gateway.supervisor import LinkState, SupervisorSettings
+
+if TYPE_CHECKING:  # the analysis is imported only for a run with a sink
+    from analysis.knee_pipeline import KneePipeline
+    from analysis.result_sink import ResultSink
 
 log = logging.getLogger("jointmon.session.ble")
 
@@ -136,6 +137,8 @@ def run_ble_session(sim: SimulatedSession, mqtt: MqttSettings, sink: ResultSink 
     events: list[JointEvent] = []
     service = None
     if sink is not None:
+        from analysis.mqtt_service import AnalysisService
+
         service = AnalysisService(mqtt, sink, session_id, on_event=events.append)
         service.start()
     publisher = MqttPublisher(mqtt, gateway_id)
