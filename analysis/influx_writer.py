@@ -45,7 +45,9 @@ from jointmon.ratelimit import RateLimitedLog
 
 log = logging.getLogger("jointmon.influx")
 
-MAX_BACKOFF_S = 30.0  # default cap of the exponential backoff between attempts (s)
+# Default cap of the exponential backoff between attempts (s): a LAN InfluxDB that restarts is back in
+# seconds, and with a spool this bounds how long the data waits on disk after it is back.
+MAX_BACKOFF_S = 10.0
 
 # --- line protocol ---------------------------------------------------------------------------------
 # Same escaping as influxdb_client.Point (its tables are private, so they are repeated here).

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import InfluxDB1Server, free_port, http_post
+from servers import InfluxDB1Server, VictoriaMetricsServer, free_port, http_post
 
 from analysis.influx_sink import InfluxSink
 from analysis.influx_spool import InfluxSpool, spool_name
@@ -131,6 +131,28 @@ def test_outage_spooled_and_replayed_in_order(influxdb1: InfluxDB1Server, tmp_pa
     assert got[:500] == list(range(500)) and got[600:] == list(range(600, 1500))
     assert got[500:600] == [int(f"1{i}") for i in range(500, 600)]  # the rewrite came last
     assert replay_s < 5
+
+
+def test_v2_outage_spooled_and_replayed(victoria_metrics: VictoriaMetricsServer, tmp_path: Path) -> None:
+    """The same through the 2.x write API (influxdb-client): VictoriaMetrics down, then back."""
+    s = InfluxSettings(url=victoria_metrics.url, api="v2", database="jointmon", token="t", batch_size=100,
+                       flush_interval_s=0.05, spool_dir=str(tmp_path))
+    w = InfluxWriter(s, retry_backoff_s=0.05, max_backoff_s=0.2)
+    try:
+        w.write(points(0, 300))
+        assert w.flush(10)
+        victoria_metrics.stop()
+        w.write(points(300, 700))
+        assert w.flush(1) is False
+        assert w.counters["spool_points"] == 700
+        victoria_metrics.start()
+        assert w.flush(15)
+        c = w.counters
+    finally:
+        w.close()
+    assert (c["points_written"], c["points_replayed"], c["points_failed"], c["points_pending"]) == (1000, 700, 0, 0)
+    series = victoria_metrics.export('{__name__="m_seq"}', min_samples=1000)
+    assert sorted(int(v) for s_ in series for v in s_["values"]) == list(range(1000))
 
 
 def test_close_in_outage_keeps_the_spool_for_the_next_start(influxdb1: InfluxDB1Server, tmp_path: Path) -> None:
