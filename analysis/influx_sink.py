@@ -306,7 +306,7 @@ class InfluxSink:
             return
         parts = s.component_id.rsplit(".", 2)
         if len(parts) != 3 or not all(parts) or s.t_ns <= 0:
-            self._drop("sensor_status_bad_id", f"{s.component_id!r} at t_ns={s.t_ns}")
+            self._drop("sensor_status_bad", f"id {s.component_id!r} (want athlete.joint.segment) at t_ns={s.t_ns}")
             return
         athlete, joint, sensor = parts
         fields: dict[str, FieldValue] = {"state": s.state}
