@@ -123,6 +123,10 @@ class BumbleCentral:
         self._scan_lock = asyncio.Lock()
         self.connect_lock = asyncio.Lock()  # controllers take one LE create-connection at a time
         device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
+        self.transport_lost = False  # no HCI command can be answered any more: skip them when closing
+        terminated = getattr(getattr(transport, "source", None), "terminated", None)
+        if terminated is not None:
+            terminated.add_done_callback(lambda _f: setattr(self, "transport_lost", True))
         central = self
 
         class BumbleBackend:
@@ -165,10 +169,20 @@ class BumbleCentral:
         await device.power_on()
         return cls(device)
 
+    async def wait_transport_lost(self) -> None:
+        """Return if the HCI transport goes away (a dongle unplugged, the virtual radio's process ended); never
+        for a controller in this process."""
+        terminated = getattr(getattr(self._transport, "source", None), "terminated", None)
+        if terminated is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.shield(terminated)
+
     async def close(self) -> None:
         """Disconnect everything, power off, close the transport."""
-        with contextlib.suppress(Exception):
-            await self.device.power_off()
+        if not self.transport_lost:
+            with contextlib.suppress(Exception):
+                await self.device.power_off()
         if self._transport is not None:
             with contextlib.suppress(Exception):
                 await self._transport.close()
@@ -192,7 +206,7 @@ class BumbleCentral:
     async def remove_scan_listener(self, callback: Callable[[Advertisement], None]) -> None:
         async with self._scan_lock:
             self._listeners.pop(callback, None)
-            if not self._listeners and self.device.scanning:
+            if not self._listeners and self.device.scanning and not self.transport_lost:
                 await self.device.stop_scanning()
 
 
@@ -406,7 +420,17 @@ async def run_bumble_gateway(cfg: GatewayConfig, publisher: FramePublisher, hci_
                                 is_known=lambda address, name: cfg.find(address, name) is not None)
         bindings = [SensorBinding(link, s.athlete, s.joint, s.segment, status=s.status)
                     for link, s in zip(bumble_links(central, cfg, scanner), cfg.sensors, strict=True)]
-        await Gateway(publisher, bindings, supervisor=cfg.supervisor, scanner=scanner).run()
+        run = asyncio.create_task(Gateway(publisher, bindings, supervisor=cfg.supervisor, scanner=scanner).run())
+        lost = asyncio.create_task(central.wait_transport_lost())
+        try:
+            await asyncio.wait([run, lost], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (run, lost):
+                task.cancel()
+            await asyncio.gather(run, lost, return_exceptions=True)
+        if lost.done() and not lost.cancelled():  # no controller, no gateway: exit, let the service manager restart
+            raise LinkError(f"Bumble HCI transport {hci_spec!r} lost (controller unplugged or its process ended)")
+        run.result()
     finally:
         await central.close()
 

@@ -1,6 +1,7 @@
 """Sensors and gateway in two processes, as ``jointmon simulate --virtual-ble`` and ``jointmon gateway --backend
 bumble`` run them: the sensors' process serves the gateway's virtual controller as HCI over TCP, the gateway
-opens it like any HCI transport (``tcp-client:HOST:PORT``, where a dongle would be ``usb:0``)."""
+opens it like any HCI transport (``tcp-client:HOST:PORT``, where a dongle would be ``usb:0``); when that
+controller goes away, the gateway stops with a clear error."""
 
 import asyncio
 import json
@@ -8,8 +9,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from firmware_sim.session import simulate_squat_session
 from jointmon.config import MqttSettings
+from jointmon.errors import LinkError
 from jointmon.processes import free_port
 from sensor_gateway.bumble_backend import run_bumble_gateway, scan_bumble
 from sensor_gateway.config import load_gateway_config
@@ -54,8 +58,9 @@ def test_sensors_and_gateway_in_two_processes(mosquitto, tmp_path):
             line = await asyncio.to_thread(proc.stdout.readline)  # the sensors' sessions are over
             done.update(json.loads(line))
             await asyncio.sleep(0.5)  # the last links went down with the sensors: their frames are flushed
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            proc.stdin.close()  # the radio's process ends: the gateway's controller is gone, and so is the gateway
+            with pytest.raises(LinkError, match="lost"):
+                await asyncio.wait_for(task, 10.0)
 
         t0 = time.monotonic()
         asyncio.run(gateway())
@@ -63,7 +68,8 @@ def test_sensors_and_gateway_in_two_processes(mosquitto, tmp_path):
         publisher.wait_acked()
         publisher.stop()
     finally:
-        proc.stdin.close()
+        if not proc.stdin.closed:
+            proc.stdin.close()
         proc.wait(timeout=10)
     sim = simulate_squat_session(6.0, seed=5, n_clicks=1)
     generated = sum(sig.imu_raw.shape[0] + sig.mic_raw.shape[0] for sig in sim.sensors.values())
