@@ -49,7 +49,7 @@ def test_squat_session_end_to_end(sim, mosquitto, influxdb1, tmp_path):
     assert abs(angle["peak"] - max(sim.peak_flexion_deg)) < 5.0
 
     # Reps, with their peaks, also came through.
-    reps = influxdb1.rows("SELECT magnitude FROM joint_event WHERE \"type\" = 'rep' AND session = 'e2e-1'")
+    reps = influxdb1.rows("SELECT peak_flexion_deg AS magnitude FROM rep WHERE session = 'e2e-1'")
     assert len(reps) == sim.rep_count
     np.testing.assert_allclose(sorted(r["magnitude"] for r in reps), sorted(sim.peak_flexion_deg), atol=5.0)
 
