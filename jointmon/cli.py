@@ -35,13 +35,17 @@ def _add_influx_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--influx-db", default="jointmon", help="v1 database or v2 bucket [%(default)s]")
     g.add_argument("--influx-org", default="jointmon", help="v2 organisation [%(default)s]")
     g.add_argument("--influx-user", help="v1 user name (password from JOINTMON_INFLUX_PASSWORD)")
+    g.add_argument("--influx-spool", metavar="DIR", help="keep unsent points on disk in DIR while InfluxDB is "
+                   "unreachable and replay them in order when it is back [JOINTMON_INFLUX_SPOOL_DIR, else none: "
+                   "retried in memory only]")
 
 
 def _influx_settings(args: argparse.Namespace) -> InfluxSettings | None:
     if not args.influx:
         return None
+    spool = {"spool_dir": args.influx_spool} if args.influx_spool else {}
     return InfluxSettings.from_env(url=args.influx, api=args.influx_api, database=args.influx_db,
-                                   org=args.influx_org, username=args.influx_user)
+                                   org=args.influx_org, username=args.influx_user, **spool)
 
 
 def _add_sim_args(p: argparse.ArgumentParser, duration: float) -> None:
