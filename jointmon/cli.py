@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from analysis.session_report import add_report_parser
 from jointmon import __version__
@@ -104,6 +104,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     sim = simulate_squat_session(args.duration, seed=args.seed, n_clicks=args.clicks, athlete=args.athlete,
                                  joint=args.joint)
+    if args.virtual_ble or args.ble:
+        return _simulate_ble(args, sim)
     publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id)
     publisher.start()
     peripherals = make_peripherals(sim, realtime=not args.fast, speed=args.speed)
@@ -122,6 +124,51 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_ble(args: argparse.Namespace, sim: Any) -> int:
+    """``simulate --virtual-ble`` / ``--ble SEGMENT=HCI``: the sensors as Bluetooth LE peripherals (Bumble); a
+    gateway (``jointmon gateway``) connects to them and publishes."""
+    from firmware_sim.bumble_virtual import (
+        PHY_BYTES_PER_S,
+        gateway_config_toml,
+        run_hci_ble_sensors,
+        run_virtual_ble_sensors,
+    )
+
+    if args.fast:
+        raise JointmonError("--fast has no meaning over Bluetooth (the radio runs in time): use --speed")
+    specs: dict[str, str] = {}
+    for item in args.ble or ():
+        segment, sep, spec = item.partition("=")
+        if not sep or segment not in sim.sensors:
+            raise JointmonError(f"--ble {item!r}: want SEGMENT=HCI with SEGMENT one of {sorted(sim.sensors)}")
+        specs[segment] = spec
+
+    def ready(sensors: dict[str, Any]) -> None:
+        for segment, s in sensors.items():
+            print(f"advertising {s.name} ({s.device.random_address}): {sim.athlete} {sim.joint} {segment}")
+        if args.write_config:
+            Path(args.write_config).write_text(gateway_config_toml(sensors, sim, gateway_id=args.gateway_id,
+                                                                   mqtt_url=args.mqtt))
+            print(f"gateway config written to {args.write_config}")
+        if args.virtual_ble:
+            hci = args.hci.replace("tcp-server:", "tcp-client:", 1)
+            print(f"waiting for a gateway: jointmon gateway --backend bumble --hci {hci} "
+                  f"--config {args.write_config or 'FILE'}", flush=True)
+
+    if specs:
+        run = asyncio.run(run_hci_ble_sensors(sim, specs, speed=args.speed, on_ready=ready))
+    else:
+        run = asyncio.run(run_virtual_ble_sensors(sim, hci_spec=args.hci, speed=args.speed,
+                                                  bytes_per_s=PHY_BYTES_PER_S.get(args.phy), on_ready=ready))
+    for name, counters in run.counters.items():
+        lost = {k: v for k, v in run.lost[name].items() if v and not k.endswith("_status")}
+        print(f"{name}: {counters.get('notified_imu', 0):,} IMU + {counters.get('notified_mic', 0):,} mic packets "
+              f"notified, {counters.get('connections', 0)} connection(s); not delivered: {lost or 'none'}")
+    for lb in sim.labels:
+        print(f"label {lb.type} {lb.joint} t={lb.t_start_s:.4f} s magnitude={lb.magnitude:.1f} dB")
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from sensor_gateway.bleak_link import run_ble_gateway, scan_sensors
     from sensor_gateway.config import load_gateway_config
@@ -130,7 +177,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.scan:
         from sensor_gateway.scanner import format_scan
 
-        print(format_scan(asyncio.run(scan_sensors(args.scan_timeout)), cfg.find if cfg is not None else None))
+        if args.backend == "bumble":
+            from sensor_gateway.bumble_backend import scan_bumble
+
+            ads = asyncio.run(scan_bumble(args.hci, args.scan_timeout))
+        else:
+            ads = asyncio.run(scan_sensors(args.scan_timeout))
+        print(format_scan(ads, cfg.find if cfg is not None else None))
         return 0
     if cfg is None:
         raise JointmonError("gateway needs --config FILE (see docs/gateway.example.toml) or --scan")
@@ -139,7 +192,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     publisher = MqttPublisher(cfg.mqtt, cfg.gateway_id, queue_path=cfg.queue_path, queue_max_bytes=cfg.queue.max_bytes)
     publisher.start(require_broker=False)  # a broker away at start: frames wait in the disk queue
     try:
-        asyncio.run(run_ble_gateway(cfg, publisher))
+        if args.backend == "bumble":
+            from sensor_gateway.bumble_backend import run_bumble_gateway
+
+            asyncio.run(run_bumble_gateway(cfg, publisher, args.hci))
+        else:
+            asyncio.run(run_ble_gateway(cfg, publisher))
     finally:
         publisher.stop()
     return 0
@@ -466,6 +524,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--athlete", default="ath-001", help="athlete pseudonym (never a name) [%(default)s]")
     p.add_argument("--joint", default="left_knee", help="joint id [%(default)s]")
     p.add_argument("--gateway-id", default="gw-sim", help="gateway id on the status topic [%(default)s]")
+    ble = p.add_argument_group("Bluetooth LE (Bumble): the sensors become BLE peripherals; `jointmon gateway` "
+                                "connects to them and publishes to --mqtt")
+    ble.add_argument("--virtual-ble", action="store_true",
+                     help="advertise on a virtual radio whose gateway controller is served as HCI on --hci")
+    ble.add_argument("--hci", default="tcp-server:127.0.0.1:9601", metavar="SPEC",
+                     help="--virtual-ble: where the gateway's controller is served [%(default)s]")
+    ble.add_argument("--phy", choices=("1m", "2m", "unlimited"), default="2m",
+                     help="--virtual-ble: the radio's airtime, 1M PHY ~97 kB/s, 2M PHY ~175 kB/s [%(default)s]")
+    ble.add_argument("--ble", action="append", metavar="SEGMENT=HCI",
+                     help="a real controller per sensor, e.g. thigh=usb:0 shank=usb:1 (Bumble transports)")
+    ble.add_argument("--write-config", metavar="FILE", help="write a gateway config (TOML) for these sensors")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("gateway", help="connect to real BLE sensors (bleak) and publish to MQTT",
@@ -475,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan", action="store_true",
                    help="list advertising jointmon sensors (RSSI, battery; with --config: configured or unknown)")
     p.add_argument("--scan-timeout", type=float, default=10.0, metavar="S", help="scan time [%(default)s]")
+    p.add_argument("--backend", choices=("bleak", "bumble"), default="bleak",
+                   help="bleak: the OS Bluetooth stack (BlueZ); bumble: Bumble's host stack on the controller "
+                        "at --hci (a USB dongle, a serial HCI board, a virtual radio) [%(default)s]")
+    p.add_argument("--hci", default="tcp-client:127.0.0.1:9601", metavar="SPEC",
+                   help="--backend bumble: HCI transport, e.g. usb:0, serial:/dev/ttyACM0,1000000, "
+                        "tcp-client:HOST:PORT (jointmon simulate --virtual-ble) [%(default)s]")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("analyze", help="subscribe to sensor streams and detect clicks, angles and reps",
