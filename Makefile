@@ -36,6 +36,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/orientation_peers.py
 	$(BIN)/python bench/sound_peers.py
 	$(BIN)/python bench/gateway_throughput.py
+	$(BIN)/python bench/ble_throughput.py --seconds 20
 
 clean:
 	rm -rf $(VENV) results test-artifacts .pytest_cache
