@@ -4,8 +4,8 @@ Stages per sample: orientation of each sensor (:class:`analysis.orientation.Segm
 VQF in 6D: chosen as the most accurate open 6D filter on BROAD, with a maintained C++ core whose
 batch update carries its state; see ``bench/README.md``) -> the shank's samples interpolated at
 the thigh's times (:class:`analysis.sensor_pair.SensorPair`) -> sensor-to-segment calibration
-(:mod:`analysis.segment_calibration`) -> relative heading from the joint constraint
-(:mod:`analysis.hinge_heading`) -> joint angles in the simulator's convention (Grood & Suntay as
+(:mod:`analysis.segment_calibration`) -> relative heading of the two sensors from the acceleration of
+the joint centre (:mod:`analysis.joint_center`) -> joint angles in the simulator's convention (Grood & Suntay as
 a Cardan y-x-z sequence, see :func:`knee_angles_from_segments`).
 
 Before the calibration completes (standing >= 1 s, then the first reps of movement) the output is
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from analysis.hinge_heading import HeadingSettings, RelativeHeading
-from analysis.orientation import SegmentOrientation, gravity_in_sensor
+from analysis.joint_center import JointCentreHeading, JointCentreSettings
+from analysis.orientation import SegmentOrientation, StillBiasSettings, gravity_in_sensor
 from analysis.segment_calibration import (
     CalibrationSettings,
     KneeCalibrator,
@@ -80,20 +80,21 @@ class KneeAngles:
     """
 
     def __init__(self, rate_hz: float, joint: str = "left_knee",
-                 calibration: CalibrationSettings | None = None, heading: HeadingSettings | None = None) -> None:
+                 calibration: CalibrationSettings | None = None, heading: JointCentreSettings | None = None) -> None:
         self.joint = joint
         side_sign(joint)
         self.rate_hz = rate_hz
-        self._orient = {"thigh": SegmentOrientation(rate_hz), "shank": SegmentOrientation(rate_hz)}
+        self._orient = {k: SegmentOrientation(rate_hz, still_bias=StillBiasSettings()) for k in ("thigh", "shank")}
         self._pair = SensorPair("thigh", "shank", 10, (slice(0, 4),))
-        self.calibrator = KneeCalibrator(rate_hz, calibration)
+        self.calibrator = KneeCalibrator(rate_hz, calibration, heading)
         self._heading_settings = heading
-        self.heading: RelativeHeading | None = None
+        self.heading: JointCentreHeading | None = None
         self._fed = 0  # aligned samples given to the provisional stage
         self._gaps = GapWindows(GAP_SETTLE_S)  # where either sensor's orientation is unknown
-        self._pre: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # t, q_t, q_s, unknown
+        self._pre: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # t, thigh, shank rows, unknown
         self._pre_keep = int(round(BACKFILL_S * rate_hz))
         self._backfill: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
+        self._forget_at: list[int] = []  # starts (ns) of long gaps the live heading has not yet passed
 
     @property
     def calibrated(self) -> bool:
@@ -101,7 +102,10 @@ class KneeAngles:
 
     def update(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, gyro_dps: np.ndarray,
                first_index: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        added = self._gaps.added
         q = self._gaps.follow(self._orient[sensor], accel_g, gyro_dps, t_ns, first_index)
+        if self._gaps.added > added:  # the relative heading after a long gap is new
+            self._forget_at = sorted(self._forget_at + self._gaps.last_starts(self._gaps.added - added))
         self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
         t_out, th, sh = self._pair.pop()
         out = {k: np.full(t_out.size, np.nan) for k in KNEE_ANGLES}
@@ -115,19 +119,27 @@ class KneeAngles:
             done = self.calibrator.feed(rows)
             start = t_out.size if done is None else done
             out["flexion_deg"][:start] = self._provisional_flexion(th[:start, 0:4], sh[:start, 0:4])
-            self._keep_pre(t_out[:start], th[:start, 0:4], sh[:start, 0:4], unknown[:start])
+            self._keep_pre(t_out[:start], th[:start], sh[:start], unknown[:start])
             if done is not None:
                 assert self.calibrator.result is not None
-                self.heading = RelativeHeading(self.rate_hz, self.calibrator.result.heading_rad,
-                                               self._heading_settings)
+                self.heading = self._new_heading()
+                # Gaps before the first calibrated row are behind the calibration already.
+                self._forget_at = [t for t in self._forget_at if t >= t_out[min(done, t_out.size - 1)]]
                 self._backfill = self._compute_backfill()
         if start < t_out.size:
             # Rows inside a gap window are left out of the heading estimate as well as the output.
             rows = start + np.flatnonzero(~unknown[start:])
-            if rows.size:
-                angles = self._calibrated_angles(th[rows, 0:4], sh[rows, 0:4])
-                for k, v in angles.items():
-                    out[k][rows] = v
+            while rows.size:
+                # A long gap before some of these rows: the heading forgets what it knew, from the first row after it.
+                k = rows.size if not self._forget_at else int(np.searchsorted(t_out[rows], self._forget_at[0], "right"))
+                if k:
+                    for name, v in self._calibrated_angles(t_out[rows[:k]], th[rows[:k]], sh[rows[:k]]).items():
+                        out[name][rows[:k]] = v
+                rows = rows[k:]
+                if rows.size:
+                    assert self.heading is not None
+                    self.heading.forget()
+                    self._forget_at.pop(0)
         for v in out.values():
             v[unknown] = np.nan
         return t_out, out
@@ -140,9 +152,9 @@ class KneeAngles:
         out, self._backfill = self._backfill, None
         return out
 
-    def _keep_pre(self, t: np.ndarray, q_t: np.ndarray, q_s: np.ndarray, unknown: np.ndarray) -> None:
+    def _keep_pre(self, t: np.ndarray, th: np.ndarray, sh: np.ndarray, unknown: np.ndarray) -> None:
         if t.size:
-            self._pre.append((t, q_t, q_s, unknown))
+            self._pre.append((t, th, sh, unknown))
         while len(self._pre) > 1 and sum(p[0].size for p in self._pre) - self._pre[0][0].size >= self._pre_keep:
             self._pre.pop(0)
 
@@ -150,14 +162,14 @@ class KneeAngles:
         pre, self._pre = self._pre, []
         if not pre:
             return None
-        t, q_t, q_s, unknown = (np.concatenate([p[i] for p in pre])[-self._pre_keep:] for i in range(4))
+        t, th, sh, unknown = (np.concatenate([p[i] for p in pre])[-self._pre_keep:] for i in range(4))
         assert self.calibrator.result is not None
         # Its own heading estimate, started like the live one from the calibration's: the live one is untouched.
-        heading = RelativeHeading(self.rate_hz, self.calibrator.result.heading_rad, self._heading_settings)
+        heading = self._new_heading()
         out = {k: np.full(t.size, np.nan) for k in KNEE_ANGLES}
         rows = np.flatnonzero(~unknown)
         if rows.size:
-            for k, v in self._calibrated_angles(q_t[rows], q_s[rows], heading).items():
+            for k, v in self._calibrated_angles(t[rows], th[rows], sh[rows], heading).items():
                 out[k][rows] = v
         return t, out
 
@@ -179,11 +191,21 @@ class KneeAngles:
         axes = np.where(np.isfinite(axes), axes, np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]))
         return (_segment_inclination_deg(q_shank, axes[:, 3:]) - _segment_inclination_deg(q_thigh, axes[:, :3]))
 
-    def _calibrated_angles(self, q_thigh: np.ndarray, q_shank: np.ndarray,
-                           heading: RelativeHeading | None = None) -> dict[str, np.ndarray]:
+    def _new_heading(self) -> JointCentreHeading:
+        """A relative-heading estimate started from the calibration's, worth what the calibration's movement was."""
+        cal = self.calibrator.result
+        assert cal is not None
+        return JointCentreHeading(self.rate_hz, cal.heading_rad, cal.lever_thigh_m, cal.lever_shank_m,
+                                  cal.heading_information, self._heading_settings)
+
+    def _calibrated_angles(self, t_ns: np.ndarray, th: np.ndarray, sh: np.ndarray,
+                           heading: JointCentreHeading | None = None) -> dict[str, np.ndarray]:
+        """Angles of aligned rows ``th``/``sh`` (q (4), accel g (3), gyro deg/s (3)) at times ``t_ns``."""
         cal, heading = self.calibrator.result, heading or self.heading
         assert cal is not None and heading is not None
-        seg_t = quat_wxyz_to_rotation(q_thigh) * Rotation.from_matrix(cal.thigh_mounting.T)
-        seg_s = quat_wxyz_to_rotation(q_shank) * Rotation.from_matrix(cal.shank_mounting.T)
-        delta = heading.update(seg_t.apply([0.0, 1.0, 0.0]), seg_s.apply([0.0, 0.0, 1.0]))
+        r_t, r_s = quat_wxyz_to_rotation(th[:, 0:4]), quat_wxyz_to_rotation(sh[:, 0:4])
+        delta = heading.update(t_ns, r_t.as_matrix(), th[:, 4:7], th[:, 7:10], r_s.as_matrix(), sh[:, 4:7],
+                               sh[:, 7:10])
+        seg_t = r_t * Rotation.from_matrix(cal.thigh_mounting.T)
+        seg_s = r_s * Rotation.from_matrix(cal.shank_mounting.T)
         return knee_angles_from_segments(seg_t, rot_z(delta) * seg_s, self.joint)

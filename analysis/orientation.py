@@ -153,6 +153,26 @@ class GapSettings:
     max_continuity_error: float = 0.5
 
 
+@dataclass(frozen=True)
+class StillBiasSettings:
+    """Gyroscope bias from standing still, for :class:`SegmentOrientation` (``still_bias=``).
+
+    In 6D the bias about the earth's vertical is unobservable while moving (VQF's motion bias estimate
+    corrects only the horizontal part), so a constant bias turns the heading at its full rate: 0.2-0.5 deg/s
+    per axis is 10-30 deg per minute, and between two sensors of a joint it becomes a relative heading drift
+    that the joint-angle stage must then follow. A still stretch of ``min_still_s`` (angular rate norm below
+    ``gyro_dps``, accelerometer norm within ``accel_tol_g`` of 1 g) measures the whole bias directly: its mean
+    gyro rate. Each such stretch hands that mean to VQF (``setBiasEstimate``, uncertainty ``sigma_dps``) at
+    the sample where it reaches ``min_still_s``, once per stretch. VQF's own rest detection needs 1.5 s under
+    2 deg/s of its low-passed rate and misses the 1-2 s standing at a session's start.
+    """
+
+    min_still_s: float = 1.0
+    gyro_dps: float = 2.0
+    accel_tol_g: float = 0.05
+    sigma_dps: float = 0.05
+
+
 class SegmentOrientation:
     """Streaming orientation of one sensor. ``update`` takes accel (g) and gyro (deg/s) in the
     sensor frame, shape (n, 3), and returns the 6D quaternions (w, x, y, z), sensor -> earth.
@@ -170,6 +190,8 @@ class SegmentOrientation:
     * ``vqf_params``: VQF parameters (e.g. ``{"tauAcc": 3.0}``) overriding VQF's defaults; none
       are overridden by default.
     * ``gaps``: :class:`GapSettings`, used when ``update`` is given sample times or stream indices.
+    * ``still_bias``: :class:`StillBiasSettings`: set the gyro bias from still stretches (off by default).
+      ``bias_updates`` counts the stretches used.
 
     Gaps: given ``t_ns`` (sample wall times, ns) and/or ``first_index`` (the stream index of the
     chunk's first sample, as in a data frame), a chunk that does not continue the previous one is
@@ -181,8 +203,13 @@ class SegmentOrientation:
     """
 
     def __init__(self, rate_hz: float, *, gyro_delay_s: float | None = None,
-                 vqf_params: Mapping[str, float | bool] | None = None, gaps: GapSettings | None = None) -> None:
+                 vqf_params: Mapping[str, float | bool] | None = None, gaps: GapSettings | None = None,
+                 still_bias: StillBiasSettings | None = None) -> None:
         self.rate_hz = rate_hz
+        self.still_bias = still_bias
+        self._still_run = 0  # still samples in the stretch going on at the end of the last chunk
+        self._still_sum = np.zeros(3)  # their gyro sum, rad/s
+        self.bias_updates = 0
         self.gyro_delay_s = gyro_delay_s
         self.gap_settings = gaps or GapSettings()
         self._vqf = VQF(1.0 / rate_hz, **dict(vqf_params or {}))
@@ -258,16 +285,52 @@ class SegmentOrientation:
         missing = self._missing_before(t_ns, first_index)
         if missing > 0:
             self._bridge(missing, gyr[0], None if t_ns is None else int(t_ns[0]))
+            self._still_run, self._still_sum = 0, np.zeros(3)  # a still stretch does not span a gap
         self._last_gyr = gyr[-1].copy()
         self._next_index = None if first_index is None else first_index + len(gyr)
         if t_ns is not None:
             self._next_t_ns = float(t_ns[-1]) + 1e9 / self.rate_hz
-        out = self._vqf.updateBatch(gyr, acc)
-        quat = out["quat6D"]
+        sets = self._still_bias_points(acc, gyr)
+        if not sets:
+            out = self._vqf.updateBatch(gyr, acc)
+            quat, bias = out["quat6D"], out["bias"]
+        else:  # cut where a bias is set: the same result however the stream is chunked
+            quats, biases, start = [], [], 0
+            for end, b in [*sets, (len(gyr), None)]:
+                if end > start:
+                    out = self._vqf.updateBatch(gyr[start:end], acc[start:end])
+                    quats.append(out["quat6D"])
+                    biases.append(out["bias"])
+                if b is not None:
+                    self._vqf.setBiasEstimate(b, float(np.deg2rad(self.still_bias.sigma_dps)))
+                    self.bias_updates += 1
+                start = end
+            quat, bias = np.concatenate(quats), np.concatenate(biases)
         if self._horizon_s is None:
             return quat
         # Right-multiplying rotates about sensor axes, where the gyroscope measures.
-        return quat_multiply(quat, quat_from_rotvec((gyr - out["bias"]) * self._horizon_s))
+        return quat_multiply(quat, quat_from_rotvec((gyr - bias) * self._horizon_s))
+
+    def _still_bias_points(self, acc: np.ndarray, gyr: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """``(index after which to set the bias, mean gyro rate of the still stretch (rad/s))`` for every still
+        stretch reaching ``min_still_s`` in this run of samples (acc m/s^2, gyr rad/s); carries the stretch
+        in progress to the next call (vectorised run lengths and cumulative sums)."""
+        sb = self.still_bias
+        if sb is None:
+            return []
+        n = len(gyr)
+        need = max(int(round(sb.min_still_s * self.rate_hz)), 1)
+        still = ((np.linalg.norm(gyr, axis=1) < np.deg2rad(sb.gyro_dps))
+                 & (np.abs(np.linalg.norm(acc, axis=1) / G - 1.0) < sb.accel_tol_g))
+        idx = np.arange(n)
+        last_break = np.maximum.accumulate(np.where(~still, idx, -1))
+        run = np.where(still, np.where(last_break >= 0, idx - last_break, idx + 1 + self._still_run), 0)
+        cs = np.cumsum(gyr * still[:, None], axis=0)
+        before = np.where(last_break[:, None] >= 0, cs[np.maximum(last_break, 0)], -self._still_sum)
+        run_sum = cs - before  # gyro sum over the still stretch ending at each sample
+        self._still_run = int(run[-1])
+        self._still_sum = run_sum[-1] if still[-1] else np.zeros(3)
+        return [(int(i) + 1, run_sum[i] / need) for i in np.flatnonzero(run == need)]
 
 
 def gravity_in_sensor(quat: np.ndarray) -> np.ndarray:

@@ -9,16 +9,24 @@ coordinates.
 * Standing still (>= ``still_min_s``, every session starts so): the mean accelerometer is the
   segment's long axis ``z`` in sensor coordinates (the segment is upright).
 * Functional movement (the first squats, lunges, swings or strides, until each sensor has turned
-  ``movement_rotation_deg``): the knee's flexion axis in each sensor frame is the principal axis
-  of that sensor's angular velocity (Seel et al. 2012 identify the hinge axis from gyroscopes;
-  with sagittal-plane exercises the PCA of each segment's rate is that axis, without their
-  iterative solver). It is made perpendicular to ``z`` (Gram-Schmidt), which also removes the part
-  of the tibia's coupled axial rotation that tilts the axis toward the long axis.
-* Signs: the PCA axis has no sign. Of the four sign choices, the heading offset of the two 6D
-  frames (:mod:`analysis.hinge_heading`) is fitted to the movement for each; pairs that differ by
-  a 180 deg turn of both frames about z mirror flexion, so of each pair the one with positive mean
-  flexion is kept (a knee bends forward), and of the two left the one whose abduction stays
-  smaller, i.e. the more joint-like.
+  ``movement_rotation_deg``):
+
+  1. The heading offset of the two 6D earth frames and the lever arms to the joint centre, from the
+     joint centre's acceleration (:mod:`analysis.joint_center`); no assumption on the joint angles.
+  2. The knee's flexion axis in each sensor frame from the relative angular velocity of the two
+     segments (Seel et al. 2012 identify the hinge axis from gyroscopes), with the tibia's axial
+     rotation (along the shank's long axis) removed: its principal axis, made perpendicular to ``z``
+     (Gram-Schmidt).
+  3. That principal axis leans toward whatever abduction the calibration reps had, and a valgus rep
+     among them would then read as varus on every later rep (crosstalk). Abduction grows from zero at
+     full extension with flexion (the extended knee is locked; valgus is a flexed-knee event), while a
+     misestimated axis gives an off-axis rate in proportion to the flexion rate at every angle; so the
+     off-axis rate is fitted as ``eps * u + beta_k * flexion * u`` (``u`` the flexion rate, one
+     ``beta`` per flexion cycle: a valgus rep steep, a clean rep flat) and the axis is turned by the
+     common ``eps`` (:func:`shared_fit`). Likewise for the shank, where the coupled axial rotation
+     ("screw home") also grows from zero with flexion.
+  4. Signs: the principal axis has none; the shank's is taken to agree with the thigh's (one physical
+     axis), and both are flipped if the knee would bend backward.
 
 Streaming: :class:`KneeCalibrator` is fed the aligned samples as they arrive and reports the sample
 at which the calibration completed; it never looks ahead.
@@ -26,12 +34,20 @@ at which the calibration completed; it never looks ahead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from analysis.hinge_heading import heading_candidates, nearest
+from analysis.joint_center import (
+    G,
+    JointCentreSettings,
+    angular_acceleration,
+    fit_lever_arms,
+    heading_phasors,
+    joint_centre_force,
+    lever_matrix,
+)
 
 
 @dataclass(frozen=True)
@@ -48,11 +64,15 @@ class CalibrationSettings:
 @dataclass(frozen=True)
 class KneeCalibration:
     """``thigh_mounting`` / ``shank_mounting``: sensor -> segment rotations ``M`` (3, 3);
-    ``heading_rad``: shank earth frame -> thigh earth frame heading offset at the end of calibration."""
+    ``heading_rad``: shank earth frame -> thigh earth frame heading offset at the end of calibration;
+    ``lever_*_m``: from each sensor to the knee's joint centre (m, sensor frame)."""
 
     thigh_mounting: np.ndarray
     shank_mounting: np.ndarray
     heading_rad: float
+    heading_information: float = 0.0  # what heading_rad is worth to the streaming estimate (sum of weights)
+    lever_thigh_m: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sensor -> joint centre, sensor frame
+    lever_shank_m: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
 
 def principal_axis(v: np.ndarray) -> np.ndarray:
@@ -71,10 +91,6 @@ def mounting_from_axes(z_sensor: np.ndarray, y_sensor: np.ndarray) -> np.ndarray
     return np.stack((np.cross(y, z), y, z))
 
 
-def heading_rad_of(v: np.ndarray) -> np.ndarray:
-    return np.arctan2(v[..., 1], v[..., 0])
-
-
 def rot_z(angle_rad: np.ndarray | float) -> Rotation:
     """Rotations about the vertical by ``angle_rad`` (rad): one for a scalar, n for an array (n,)."""
     a = np.asarray(angle_rad, dtype=float)
@@ -87,71 +103,110 @@ def quat_wxyz_to_rotation(q: np.ndarray) -> Rotation:
     return Rotation.from_quat(q[..., [1, 2, 3, 0]])
 
 
-def _fit_heading(rt: Rotation, rs: Rotation, m_t: np.ndarray, m_s: np.ndarray, ref: float) -> float:
-    """Weighted circular mean (rad) of the per-sample 2-DoF heading solutions nearest ``ref``."""
-    ca, cb, w = heading_candidates(rt.apply(m_t[1]), rs.apply(m_s[2]))
-    return float(np.angle(np.sum(w * np.exp(1j * nearest(ca, cb, ref))))) if w.sum() > 0 else ref
+def shared_fit(y: np.ndarray, x1: np.ndarray, x2: np.ndarray, segment: np.ndarray) -> tuple[float, float]:
+    """Least squares ``y = c * x1 + beta_k * x2`` with one ``c`` for all rows and one ``beta_k`` per segment
+    (``segment``: non-negative int labels): ``(numerator, denominator)`` of ``c`` (each segment's ``beta`` eliminated
+    by projecting out its ``x2``); ``den`` 0 means no information about ``c``."""
+    seg = np.asarray(segment, np.int64)
+    s11, s12, s22, s1y, s2y = (np.bincount(seg, weights=v) for v in (x1 * x1, x1 * x2, x2 * x2, x1 * y, x2 * y))
+    ok = s22 > 1e-12 * np.maximum(s11, 1e-300)
+    q = np.where(ok, s12 / np.where(ok, s22, 1.0), 0.0)
+    return float(np.sum(s1y - q * s2y)), float(np.sum(s11 - q * s12))
 
 
-def _relative_axis(w_rel: np.ndarray, long_axis: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """Flexion axis from relative angular velocities ``w_rel`` (n, 3) with the axial-rotation part (along
-    the shank's long axis ``long_axis``, (n, 3)) removed; sign as ``previous``."""
-    w = w_rel - np.sum(w_rel * long_axis, axis=1, keepdims=True) * long_axis
-    axis = principal_axis(w)
-    return axis if np.dot(axis, previous) >= 0 else -axis
+def flexion_cycles(flexion_deg: np.ndarray, split_deg: float, resume: np.ndarray) -> np.ndarray:
+    """Cycle label per sample: a new cycle where the knee straightens past ``split_deg`` or the movement resumes."""
+    flexed = np.abs(flexion_deg) >= split_deg
+    straightens = np.concatenate(([False], flexed[:-1] & ~flexed[1:]))
+    return np.cumsum(straightens | resume)
+
+
+def _axis_correction(w: np.ndarray, m: np.ndarray, flexion_deg: np.ndarray, cycles: np.ndarray) -> float:
+    """Turn (rad, about ``m``'s z toward its x) of the flexion axis ``m[1]`` that the relative angular velocities
+    ``w`` (n, 3, this sensor's frame, axial rotation removed) call for (step 3 of the module docstring)."""
+    u, v = w @ m[1], w @ m[0]
+    num, den = shared_fit(v, u, np.abs(flexion_deg) * u, cycles)
+    return num / den if den > 0 else 0.0
+
+
+def _flexion_deg(rt: Rotation, rs: Rotation, m_t: np.ndarray, m_s: np.ndarray, delta: float) -> np.ndarray:
+    """Knee flexion (deg) of the samples with these mountings and heading (sign as it comes)."""
+    from analysis.knee_angles import knee_angles_from_segments  # circular at import time otherwise
+
+    return knee_angles_from_segments(rt * Rotation.from_matrix(m_t.T), rot_z(delta) * rs * Rotation.from_matrix(m_s.T),
+                                     "left_knee")["flexion_deg"]
+
+
+def _without_axial(w: np.ndarray, long_axis: np.ndarray) -> np.ndarray:
+    """Angular velocities ``w`` (n, 3) without their part along the (n, 3) or (3,) unit ``long_axis``."""
+    return w - np.sum(w * long_axis, axis=-1, keepdims=True) * long_axis
+
+
+def _signed(axis: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return axis if np.dot(axis, like) >= 0 else -axis
+
+
+def joint_centre_heading(q_thigh: np.ndarray, q_shank: np.ndarray, gyro_thigh_dps: np.ndarray,
+                         gyro_shank_dps: np.ndarray, accel_thigh_g: np.ndarray, accel_shank_g: np.ndarray,
+                         use: np.ndarray, rate_hz: float, settings: JointCentreSettings | None = None,
+                         ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Heading offset (rad), its information, and the lever arms (m, sensor frames) from the samples ``use`` (n,)
+    bool of evenly sampled rows (see :mod:`analysis.joint_center`). Impacts (either accelerometer beyond 3 g) are
+    left out of the lever-arm fit, which is repeated once with residual weights."""
+    s = settings or JointCentreSettings()
+    t = np.round(np.arange(q_thigh.shape[0]) * 1e9 / rate_hz).astype(np.int64)
+    parts = {}
+    for name, q, gyr, acc in (("thigh", q_thigh, gyro_thigh_dps, accel_thigh_g),
+                              ("shank", q_shank, gyro_shank_dps, accel_shank_g)):
+        w = np.deg2rad(gyr)
+        w_dot, ok = angular_acceleration(w, t, None, s.max_step_s)
+        parts[name] = (quat_wxyz_to_rotation(q[use]).as_matrix(), acc[use] * G, lever_matrix(w[use], w_dot[use]),
+                       ok[use] & (np.linalg.norm(acc[use], axis=1) < 3.0))
+    (r_t, a_t, g_t, ok_t), (r_s, a_s, g_s, ok_s) = parts["thigh"], parts["shank"]
+    weight = (ok_t & ok_s).astype(float)
+    for _ in range(2):
+        o_t, o_s = fit_lever_arms(r_t, a_t, g_t, r_s, a_s, g_s, weight, s.ridge)
+        f_t, f_s = joint_centre_force(r_t, a_t, g_t, o_t), joint_centre_force(r_s, a_s, g_s, o_s)
+        weight = (ok_t & ok_s) / (1.0 + ((f_t[:, 2] - f_s[:, 2]) / s.residual_scale_mps2) ** 2)
+    total = np.sum(heading_phasors(f_t, f_s, ok_t & ok_s, s))
+    return float(np.angle(total)), float(abs(total)), o_t, o_s
 
 
 def fit_knee_calibration(q_thigh: np.ndarray, q_shank: np.ndarray, gyro_thigh_dps: np.ndarray,
                          gyro_shank_dps: np.ndarray, accel_thigh_g: np.ndarray, accel_shank_g: np.ndarray,
-                         stand: slice, moving: np.ndarray, refine_steps: int = 2) -> KneeCalibration:
-    """Fit both mountings and the heading offset (see the module docstring).
+                         stand: slice, moving: np.ndarray, rate_hz: float = 200.0, refine_steps: int = 2,
+                         split_flexion_deg: float = 15.0, joint_centre: JointCentreSettings | None = None,
+                         ) -> KneeCalibration:
+    """Fit both mountings, the heading offset and the lever arms (see the module docstring).
 
     ``q_*`` (n, 4) 6D orientations (sensor -> own earth frame), ``gyro_*_dps`` (n, 3) and ``accel_*_g``
-    (n, 3) sensor frame, ``stand`` the standing samples, ``moving`` (n,) bool: the functional movement.
-
-    Which way the shank's axis points relative to the thigh's cannot be told from the joint constraint
-    (a shank leaning back satisfies it as well as one leaning forward); both sensors sit a hand's width
-    from the knee, so their horizontal accelerations in a common earth frame must agree in direction:
-    the pairing with positive correlation is kept. Then the axes are refined from the *relative*
-    angular velocity with the tibia's axial rotation removed (2-DoF joint: flexion + axial rotation).
+    (n, 3) sensor frame, evenly sampled at ``rate_hz``; ``stand`` the standing samples, ``moving`` (n,) bool: the
+    functional movement.
     """
-    from analysis.knee_angles import knee_angles_from_segments  # circular at import time otherwise
-
     z_t, z_s = accel_thigh_g[stand].mean(axis=0), accel_shank_g[stand].mean(axis=0)
-    y_t, y_s = principal_axis(gyro_thigh_dps[moving]), principal_axis(gyro_shank_dps[moving])
+    delta, info, o_t, o_s = joint_centre_heading(q_thigh, q_shank, gyro_thigh_dps, gyro_shank_dps, accel_thigh_g,
+                                                 accel_shank_g, moving, rate_hz, joint_centre)
     rt, rs = quat_wxyz_to_rotation(q_thigh[moving]), quat_wxyz_to_rotation(q_shank[moving])
-    mid = (stand.start + stand.stop) // 2
-    rt0, rs0 = quat_wxyz_to_rotation(q_thigh[mid]), quat_wxyz_to_rotation(q_shank[mid])
-    acc_t = rt.apply(accel_thigh_g[moving])[:, :2]
-    acc_s = rs.apply(accel_shank_g[moving])[:, :2]
-
-    def assemble(yt: np.ndarray, ys: np.ndarray, ref: float | None) -> tuple[np.ndarray, np.ndarray, float]:
-        m_t, m_s = mounting_from_axes(z_t, yt), mounting_from_axes(z_s, ys)
-        if ref is None:  # standing, the two segment frames coincide: their x axes have one heading
-            ref = float(heading_rad_of(rt0.apply(m_t[0])) - heading_rad_of(rs0.apply(m_s[0])))
-        return m_t, m_s, _fit_heading(rt, rs, m_t, m_s, ref)
-
-    def horizontal_agreement(delta: float) -> float:
-        c, s = np.cos(delta), np.sin(delta)
-        turned = np.column_stack((c * acc_s[:, 0] - s * acc_s[:, 1], s * acc_s[:, 0] + c * acc_s[:, 1]))
-        return float(np.sum(acc_t * turned))
-
-    m_t, m_s, delta = max((assemble(y_t, sgn * y_s, None) for sgn in (1.0, -1.0)),
-                          key=lambda o: horizontal_agreement(o[2]))
-    y_s = m_s[1]
     gt, gs = np.deg2rad(gyro_thigh_dps[moving]), np.deg2rad(gyro_shank_dps[moving])
+    rel = rt.inv() * rot_z(delta) * rs  # shank sensor -> thigh sensor
+    # Relative angular velocity in each sensor's frame, the tibia's axial rotation removed.
+    w_t = _without_axial(rel.apply(gs) - gt, rel.apply(z_s / np.linalg.norm(z_s)))
+    w_s = _without_axial(gs - rel.inv().apply(gt), z_s / np.linalg.norm(z_s))
+    y_t = principal_axis(w_t)
+    y_s = _signed(principal_axis(w_s), rel.inv().apply(y_t).mean(axis=0))  # one physical axis
+    m_t, m_s = mounting_from_axes(z_t, y_t), mounting_from_axes(z_s, y_s)
+    idx = np.flatnonzero(moving)
+    resume = np.concatenate(([True], np.diff(idx) > 1))
     for _ in range(refine_steps):
-        rel = rt.inv() * rot_z(delta) * rs  # shank sensor -> thigh sensor
-        long_in_thigh = rel.apply(m_s[2])
-        y_t = _relative_axis(rel.apply(gs) - gt, long_in_thigh, m_t[1])
-        y_s = _relative_axis(gs - rel.inv().apply(gt), np.broadcast_to(m_s[2], gs.shape), m_s[1])
-        m_t, m_s, delta = assemble(y_t, y_s, delta)
-    ang = knee_angles_from_segments(rt * Rotation.from_matrix(m_t.T),
-                                    rot_z(delta) * rs * Rotation.from_matrix(m_s.T), "left_knee")
-    if np.mean(ang["flexion_deg"]) < 0:  # both axes upside down: a knee bends forward, flip both
+        flex = _flexion_deg(rt, rs, m_t, m_s, delta)
+        cycles = flexion_cycles(flex, split_flexion_deg, resume)
+        eps_t, eps_s = _axis_correction(w_t, m_t, flex, cycles), _axis_correction(w_s, m_s, flex, cycles)
+        m_t = mounting_from_axes(z_t, m_t[1] + eps_t * m_t[0])
+        m_s = mounting_from_axes(z_s, m_s[1] + eps_s * m_s[0])
+    if np.mean(_flexion_deg(rt, rs, m_t, m_s, delta)) < 0:  # both axes upside down: a knee bends forward, flip both
         flip = np.diag([-1.0, -1.0, 1.0])
         m_t, m_s = flip @ m_t, flip @ m_s
-    return KneeCalibration(m_t, m_s, delta)
+    return KneeCalibration(m_t, m_s, delta, info, o_t, o_s)
 
 
 class KneeCalibrator:
@@ -159,8 +214,10 @@ class KneeCalibrator:
     the calibration completed (``self.result`` is then set), else None. Samples up to that index were
     used; later samples are not."""
 
-    def __init__(self, rate_hz: float, settings: CalibrationSettings | None = None) -> None:
+    def __init__(self, rate_hz: float, settings: CalibrationSettings | None = None,
+                 joint_centre: JointCentreSettings | None = None) -> None:
         self.settings = settings or CalibrationSettings()
+        self.joint_centre = joint_centre
         self.rate_hz = rate_hz
         self.result: KneeCalibration | None = None
         self._buf: list[np.ndarray] = []  # rows: q_t(4) q_s(4) acc_t(3) acc_s(3) gyro_t(3) gyro_s(3)
@@ -263,4 +320,5 @@ class KneeCalibrator:
         moving = after & (np.maximum(np.linalg.norm(data[:, 14:17], axis=1),
                                      np.linalg.norm(data[:, 17:20], axis=1)) > s.moving_gyro_dps)
         self.result = fit_knee_calibration(data[:, 0:4], data[:, 4:8], data[:, 14:17], data[:, 17:20],
-                                           data[:, 8:11], data[:, 11:14], slice(a, b), moving)
+                                           data[:, 8:11], data[:, 11:14], slice(a, b), moving,
+                                           rate_hz=self.rate_hz, joint_centre=self.joint_centre)

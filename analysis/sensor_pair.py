@@ -10,6 +10,8 @@ and renormalised (normalised lerp): between two 200 Hz samples a segment turns <
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from analysis.orientation import SegmentOrientation
@@ -86,6 +88,8 @@ class GapWindows:
         self.settle_ns = int(round(settle_s * 1e9))
         self._start = np.empty(0, np.int64)
         self._end = np.empty(0, np.int64)
+        self.added = 0  # windows added so far
+        self._recent: deque[int] = deque(maxlen=16)
 
     def follow(self, orient: SegmentOrientation, accel_g: np.ndarray, gyro_dps: np.ndarray, t_ns: np.ndarray,
                first_index: int | None) -> np.ndarray:
@@ -101,6 +105,12 @@ class GapWindows:
     def add(self, last_before_ns: int, resume_ns: int) -> None:
         self._start = np.append(self._start, np.int64(last_before_ns))
         self._end = np.append(self._end, np.int64(resume_ns + self.settle_ns))
+        self._recent.append(int(last_before_ns))
+        self.added += 1
+
+    def last_starts(self, n: int) -> list[int]:
+        """Start times (ns) of the ``n`` windows added last (up to the last 16)."""
+        return list(self._recent)[-n:] if n > 0 else []
 
     def mask(self, t_ns: np.ndarray) -> np.ndarray:
         t = np.asarray(t_ns, np.int64)
