@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 from analysis.knee_pipeline import KneePipeline, KneeSettings
 from analysis.result_sink import JointKey, ResultSink
 from jointmon.errors import FrameError, TopicError
 from jointmon.frames import Frame, decode_frame
+from jointmon.packets import StreamType
 from jointmon.ratelimit import RateLimitedLog
 from jointmon.topics import DataTopic, parse_data_topic
 
 log = logging.getLogger("jointmon.analysis")
+
+
+@dataclass(slots=True)
+class _Stream:
+    key: str  # "athlete/joint/sensor/stream", as in the counters
+    imu: bool  # an IMU topic (else a microphone one)
+    pipeline: KneePipeline | None = None  # its joint's, from its first accepted frame on
+    frame_seq: int | None = None  # of the last accepted frame
 
 
 class JointRouter:
@@ -36,7 +46,7 @@ class JointRouter:
         self.pipelines: dict[tuple[str, str], KneePipeline] = {}
         self.counters: Counter[str] = Counter()
         self.samples: Counter[str] = Counter()  # per "athlete/joint/sensor/stream"
-        self._frame_seq: dict[str, int] = {}
+        self._streams: dict[DataTopic, _Stream] = {}  # per stream: what route() needs, looked up once per frame
         # Wall-time span of the accepted streams (Unix ns): stream starts (sample index 0) and last sample end.
         self.first_ns: int | None = None
         self.end_ns: int | None = None
@@ -63,31 +73,45 @@ class JointRouter:
 
     def route(self, t: DataTopic, frame: Frame) -> bool:
         """Process one frame of the stream ``t``; return False when it was dropped (and counted)."""
-        if (frame.stream.name == "IMU") != (t.stream == "imu"):
+        st = self._streams.get(t)
+        if st is None:
+            st = self._streams[t] = self._new_stream(t)
+        if (frame.stream is StreamType.IMU) != st.imu:
             self.drop("stream_mismatch", t, f"{frame.stream.name} frame on a {t.stream} topic")
             return False
-        stream_key = f"{t.athlete}/{t.joint}/{t.sensor}/{t.stream}"
-        last = self._frame_seq.get(stream_key)
+        last = st.frame_seq
         if last is not None and frame.frame_seq != last + 1:
             if frame.frame_seq <= last:
                 self.drop("duplicate_frame", t, f"frame_seq {frame.frame_seq} after {last}")
                 return False
             self.counters["frames_missing"] += frame.frame_seq - last - 1
-            self._warn.warning("missing", "%s: %d frame(s) missing", stream_key, frame.frame_seq - last - 1)
-        self._frame_seq[stream_key] = frame.frame_seq
+            self._warn.warning("missing", "%s: %d frame(s) missing", st.key, frame.frame_seq - last - 1)
+        st.frame_seq = frame.frame_seq
         self.counters["frames"] += 1
-        self.samples[stream_key] += frame.count
+        count = frame.count
+        self.samples[st.key] += count
         start_ns = frame.t0_ns - round(frame.first_index * 1e9 / frame.rate_hz)
-        end_ns = frame.t0_ns + round(frame.count * 1e9 / frame.rate_hz)
-        self.first_ns = start_ns if self.first_ns is None else min(self.first_ns, start_ns)
-        self.end_ns = end_ns if self.end_ns is None else max(self.end_ns, end_ns)
+        end_ns = frame.t0_ns + round(count * 1e9 / frame.rate_hz)
+        if self.first_ns is None or start_ns < self.first_ns:
+            self.first_ns = start_ns
+        if self.end_ns is None or end_ns > self.end_ns:
+            self.end_ns = end_ns
+        if st.pipeline is None:  # the stream's first accepted frame
+            st.pipeline = self._pipeline(t)
+        st.pipeline.on_frame(t.sensor, t.stream, frame)
+        return True
+
+    def _new_stream(self, t: DataTopic) -> _Stream:
+        return _Stream(f"{t.athlete}/{t.joint}/{t.sensor}/{t.stream}", t.stream == "imu")
+
+    def _pipeline(self, t: DataTopic) -> KneePipeline:
+        """The pipeline of the joint of ``t``, created if new."""
         pipeline = self.pipelines.get((t.athlete, t.joint))
         if pipeline is None:
             pipeline = KneePipeline(JointKey(t.athlete, t.joint, self.session), self.sink, self.knee_settings)
             self.pipelines[(t.athlete, t.joint)] = pipeline
             log.info("new joint %s/%s", t.athlete, t.joint)
-        pipeline.on_frame(t.sensor, t.stream, frame)
-        return True
+        return pipeline
 
     def finish(self) -> None:
         """End of session: every pipeline reports its pending detections."""

@@ -37,11 +37,13 @@ class _Collector:
     def __init__(self) -> None:
         self.events: list[JointEvent] = []
         self._angles: dict[tuple[str, str], tuple[list[np.ndarray], dict[str, list[np.ndarray]]]] = {}
+        self._n_angles: dict[tuple[str, str], int] = {}  # samples so far per joint (summing the blocks was O(n^2))
 
     def angles(self, key: JointKey, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> None:
         ts, series = self._angles.setdefault((key.athlete, key.joint), ([], {}))
-        n_before = sum(t.size for t in ts)
+        n_before = self._n_angles.get((key.athlete, key.joint), 0)
         ts.append(np.asarray(t_ns, np.int64))
+        self._n_angles[(key.athlete, key.joint)] = n_before + ts[-1].size
         for name in set(series) | set(angles):  # a name missing from a block is NaN there
             parts = series.setdefault(name, [np.full(n_before, np.nan)] if n_before else [])
             parts.append(np.asarray(angles[name], float) if name in angles else np.full(len(t_ns), np.nan))

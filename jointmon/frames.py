@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,21 @@ class Frame:
 
     def sample_times_ns(self) -> np.ndarray:
         """Wall-clock time of each sample (Unix ns), from t0_ns and the nominal rate."""
-        return self.t0_ns + np.round(np.arange(self.count) * (1e9 / self.rate_hz)).astype(np.int64)
+        return self.t0_ns + _sample_offsets_ns(self.count, self.rate_hz)
+
+
+@lru_cache(maxsize=256)
+def _sample_offsets_ns(count: int, rate_hz: float) -> np.ndarray:
+    """``round(i * 1e9 / rate_hz)`` for i < count, int64, read-only: every frame of a stream has the same few
+    (count, rate) pairs, and building them was most of ``sample_times_ns`` (hot: called per IMU frame)."""
+    offsets = np.round(np.arange(count) * (1e9 / rate_hz)).astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
+
+
+_STREAM_TYPES = {int(s): s for s in StreamType}
+_GOOD_SCALES: dict[bytes, np.ndarray] = {}  # scale bytes seen valid -> the read-only array (a few per stream kind)
+_GOOD_SCALES_MAX = 1024
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -83,16 +98,16 @@ def decode_frame(payload: bytes | bytearray | memoryview) -> Frame:
     Reasons: ``truncated``, ``bad_version``, ``bad_stream``, ``bad_channels``, ``bad_count``,
     ``bad_rate``, ``bad_scale``.
     """
-    payload = bytes(payload)
+    if type(payload) is not bytes:  # noqa: E721 - exactly bytes (immutable: the arrays may view it)
+        payload = bytes(payload)
     if len(payload) < FRAME_HEADER.size:
         raise FrameError("truncated", f"{len(payload)} bytes, header needs {FRAME_HEADER.size}")
     version, stream_raw, channels, flags, seq, first, t0_ns, rate_hz, count = FRAME_HEADER.unpack_from(payload)
     if version != FRAME_VERSION:
         raise FrameError("bad_version", f"version {version}")
-    try:
-        stream = StreamType(stream_raw)
-    except ValueError:
-        raise FrameError("bad_stream", f"stream type {stream_raw}") from None
+    stream = _STREAM_TYPES.get(stream_raw)
+    if stream is None:
+        raise FrameError("bad_stream", f"stream type {stream_raw}")
     if channels != CHANNELS[stream]:
         raise FrameError("bad_channels", f"{channels} channels for {stream.name}")
     if not 0 < count <= MAX_FRAME_SAMPLES:
@@ -103,9 +118,16 @@ def decode_frame(payload: bytes | bytearray | memoryview) -> Frame:
     if len(payload) != expected:
         raise FrameError("truncated" if len(payload) < expected else "bad_count",
                          f"{len(payload)} bytes, count {count} needs {expected}")
-    scale = np.frombuffer(payload, "<f8", channels, FRAME_HEADER.size)
-    if not np.all(np.isfinite(scale) & (scale > 0)):
-        raise FrameError("bad_scale", f"scale {scale}")
+    # The scale of a stream never changes: check it once, then reuse the checked (read-only) array.
+    scale_bytes = payload[FRAME_HEADER.size:FRAME_HEADER.size + 8 * channels]
+    scale = _GOOD_SCALES.get(scale_bytes)
+    if scale is None:
+        scale = np.frombuffer(scale_bytes, "<f8", channels)
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise FrameError("bad_scale", f"scale {scale}")
+        if len(_GOOD_SCALES) >= _GOOD_SCALES_MAX:
+            _GOOD_SCALES.clear()
+        _GOOD_SCALES[scale_bytes] = scale
     samples = np.frombuffer(payload, "<i2", count * channels, FRAME_HEADER.size + 8 * channels)
     return Frame(stream, seq, first, t0_ns, rate_hz, scale, samples.reshape(count, channels), flags)
 
