@@ -47,10 +47,13 @@ def test_full_radio_drops_are_counted(mosquitto):
     capacity = PHY_BYTES_PER_S["1m"]
     need = sum(t.produced_bps for t in rows)
     assert need == pytest.approx(4 * BUDGET_BPS["pcm16"], rel=0.005)
-    # Full all the time, so the sensors together get the radio's share of what they need (a little more: the four
-    # sessions start a few connections apart and the last ones run while the first have ended).
+    # Full all the time, so the sensors together get what the radio's airtime carries: its capacity times the time it
+    # was busy (measured, not the nominal session: on a loaded machine the four sessions start further apart and the
+    # radio stays busy past the nominal end), far less than they need.
     assert run.radio_busy_s > 0.95 * seconds
-    assert capacity / need - 0.03 < sum(t.delivered_bps for t in rows) / need < capacity / need + 0.08
+    delivered_bytes = sum(t.delivered_bps for t in rows) * seconds
+    assert delivered_bytes == pytest.approx(capacity * run.radio_busy_s, rel=0.03)
+    assert delivered_bytes < 0.8 * need * seconds
     assert max(t.delivered_bps for t in rows) < 1.15 * min(t.delivered_bps for t in rows)  # shared fairly
     overflow = sum(t.tx_overflow for t in rows)
     assert overflow > 0.2 * sum(t.packets_produced for t in rows)
