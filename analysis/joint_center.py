@@ -54,6 +54,7 @@ class JointCentreSettings:
     max_step_s: float = 0.02  # a sample further than this from the previous has no angular acceleration: weight 0
     ridge: float = 1e-3  # lever-arm ridge, relative to the mean diagonal of the normal equations
     gap_keep: float = 0.05  # after a long gap in either sensor, the earlier information counts this much
+    settle_share: float = 0.25  # ... and the heading is unknown until this share of the starting information is back
 
 
 def lever_matrix(w: np.ndarray, w_dot: np.ndarray) -> np.ndarray:
@@ -126,8 +127,14 @@ class JointCentreHeading:
 
     ``update(t_ns, r_t, acc_t_g, gyro_t_dps, r_s, acc_s_g, gyro_s_dps)`` takes aligned samples of both sensors
     (``r_*`` sensor -> own earth rotation matrices (n, 3, 3), accelerometer in g, gyroscope in deg/s, sensor
-    frames) and returns ``delta`` per sample (n,), each from the samples up to it. ``information`` is what the
-    starting value ``delta0_rad`` is worth (the calibration's sum of weights).
+    frames) and returns ``delta`` per sample (n,), each from the samples up to it, and whether it is settled
+    (n,) bool. ``information`` is what the starting value ``delta0_rad`` is worth (the calibration's sum of
+    weights).
+
+    After a long gap (:meth:`forget`) a sensor's heading is whatever its filter held through the gap while the
+    segment turned, so ``delta`` may be off by many degrees; it re-converges on the next movement, in jumps a
+    joint-angle stage must not pass on (a jump in rotation looks like giving way). It is *unsettled* until
+    ``settle_share`` of the starting information has come in since the gap.
     """
 
     def __init__(self, rate_hz: float, delta0_rad: float, lever_thigh_m: np.ndarray, lever_shank_m: np.ndarray,
@@ -137,6 +144,8 @@ class JointCentreHeading:
         self._alpha = float(np.exp(-1.0 / (rate_hz * s.time_constant_s)))
         self._state = np.array([max(information, 1e-9) * np.exp(1j * delta0_rad)])  # lfilter zi
         self._prev: dict[str, tuple[np.ndarray, int] | None] = {"thigh": None, "shank": None}
+        self._settle_need = s.settle_share * information
+        self._since_gap = np.inf  # information since the last gap (no gap yet: settled)
 
     @property
     def delta_rad(self) -> float:
@@ -147,12 +156,13 @@ class JointCentreHeading:
         acceleration restarts."""
         self._state = self._state * self.settings.gap_keep
         self._prev = {"thigh": None, "shank": None}
+        self._since_gap = 0.0
 
     def update(self, t_ns: np.ndarray, r_t: np.ndarray, acc_t_g: np.ndarray, gyro_t_dps: np.ndarray,
-               r_s: np.ndarray, acc_s_g: np.ndarray, gyro_s_dps: np.ndarray) -> np.ndarray:
+               r_s: np.ndarray, acc_s_g: np.ndarray, gyro_s_dps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = np.asarray(t_ns, np.int64)
         if t.size == 0:
-            return np.empty(0)
+            return np.empty(0), np.empty(0, bool)
         forces, valid = [], np.ones(t.size, bool)
         for name, r, acc, gyr, lever in (("thigh", r_t, acc_t_g, gyro_t_dps, self.lever_thigh_m),
                                          ("shank", r_s, acc_s_g, gyro_s_dps, self.lever_shank_m)):
@@ -165,4 +175,6 @@ class JointCentreHeading:
         y, self._state = lfilter([1.0], [1.0, -self._alpha], x, zi=self._state)
         if abs(self._state[0]) < 1e-200:  # after hours without information: keep the angle alive
             self._state = 1e-200 * self._state / max(abs(self._state[0]), 1e-300)
-        return np.angle(y)
+        since = self._since_gap + np.cumsum(np.abs(x))
+        self._since_gap = float(since[-1])
+        return np.angle(y), since >= self._settle_need

@@ -204,8 +204,11 @@ class KneeAngles:
         cal, heading = self.calibrator.result, heading or self.heading
         assert cal is not None and heading is not None
         r_t, r_s = quat_wxyz_to_rotation(th[:, 0:4]), quat_wxyz_to_rotation(sh[:, 0:4])
-        delta = heading.update(t_ns, r_t.as_matrix(), th[:, 4:7], th[:, 7:10], r_s.as_matrix(), sh[:, 4:7],
-                               sh[:, 7:10])
+        delta, settled = heading.update(t_ns, r_t.as_matrix(), th[:, 4:7], th[:, 7:10], r_s.as_matrix(), sh[:, 4:7],
+                                        sh[:, 7:10])
         seg_t = r_t * Rotation.from_matrix(cal.thigh_mounting.T)
         seg_s = r_s * Rotation.from_matrix(cal.shank_mounting.T)
-        return knee_angles_from_segments(seg_t, rot_z(delta) * seg_s, self.joint)
+        out = knee_angles_from_segments(seg_t, rot_z(delta) * seg_s, self.joint)
+        for k in ("abduction_deg", "rotation_deg"):  # they need the heading; the flexion barely does
+            out[k] = np.where(settled, out[k], np.nan)
+        return out

@@ -74,7 +74,7 @@ def _stream(d: dict, frame: int) -> np.ndarray:
     for i in range(0, d["t_ns"].size, frame):
         sl = slice(i, i + frame)
         out.append(est.update(d["t_ns"][sl], r_t[sl], d["acc_t"][sl], d["gyr_t"][sl], r_s[sl], d["acc_s"][sl],
-                              d["gyr_s"][sl]))
+                              d["gyr_s"][sl])[0])
     return np.concatenate(out)
 
 

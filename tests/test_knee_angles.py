@@ -178,6 +178,23 @@ def test_gap_in_one_sensor_does_not_change_the_angles_after_it(squat):
     assert diff.max() < 3.0, diff.max()
 
 
+def test_heading_after_a_long_gap_is_unknown_until_the_movement_shows_it(squat):
+    """Through a 1.5 s disconnect the thigh turns (the tibia's coupled rotation) while its filter holds its heading:
+    after it the relative heading is re-found from the next movement, and until then abduction and rotation are
+    unknown (NaN) rather than jumping by the heading's correction (a jump in rotation looks like giving way)."""
+    ka, t, got = _run_with_gaps(squat, {"thigh": [(2400, 2700)]})
+    ts = t / 1e9
+    back = ts > squat.truth_t_s[2700] + GAP_SETTLE_S
+    flex_known = back & np.isfinite(got["flexion_deg"])
+    abd_known = back & np.isfinite(got["abduction_deg"])
+    assert flex_known.any() and abd_known.any()
+    assert ts[abd_known][0] > ts[flex_known][0] + 0.2  # the flexion comes back first
+    assert np.array_equal(abd_known, back & np.isfinite(got["rotation_deg"]))
+    for k, limit in (("abduction_deg", 1.5), ("rotation_deg", 2.5)):
+        err = got[k][abd_known] - np.interp(ts[abd_known], squat.truth_t_s, squat.truth_angles[k])
+        assert np.abs(err).max() < limit, (k, np.abs(err).max())
+
+
 def test_gaps_same_output_whole_or_in_frames(squat):
     # The gaps found from sample times in one whole array equal those from the indices of frames.
     drop = {"thigh": [(2400, 2410)], "shank": [(3000, 3300)]}
