@@ -60,9 +60,15 @@ class ImpactDetector:
         lo, hi = t_ns - round(after * 1e9), t_ns + round(s.veto_before_s * 1e9)
         return any(lo <= t <= hi for t in self._times)
 
-    def between(self, t0_ns: int, t1_ns: int) -> bool:
-        """Whether an impact happened in ``(t0_ns, t1_ns]`` (wall-clock ns)."""
-        return any(t0_ns < t <= t1_ns for t in self._times)
+    def between(self, t0_ns: int, t1_ns: int, gait_s: float | None = None) -> bool:
+        """Whether an impact happened in ``(t0_ns, t1_ns]`` (wall-clock ns); with ``gait_s``, only an impact that
+        came within ``gait_s`` (s) after the one before it counts (foot strikes of a gait, not an isolated
+        landing)."""
+        if gait_s is None:
+            return any(t0_ns < t <= t1_ns for t in self._times)
+        gap = round(gait_s * 1e9)
+        times = list(self._times)
+        return any(t0_ns < t <= t1_ns and i > 0 and t - times[i - 1] <= gap for i, t in enumerate(times))
 
     def latest_ns(self) -> int | None:
         return self._times[-1] if self._times else None

@@ -112,6 +112,7 @@ class KneePipeline:
         if bad.any():
             self.counters["mic_bad_samples"] += int(bad.sum())
             x = np.where(bad, 0.0, x)
+        self._sounds.on_mic(sensor, frame.t0_ns, frame.rate_hz, x)  # raw samples: do both microphones agree?
         self._emit_transients(sensor, st, st.detector.process(x))
         now_ns = st.t0_ns + round((st.detector.samples_seen + st.index_offset) * 1e9 / st.rate_hz)
         # Decide what every microphone has heard up to now (the slower one bounds it).
@@ -186,6 +187,8 @@ class KneePipeline:
         self.last_angles = self.angle_history.latest()
         main = angles.get("flexion_deg", angles.get("elevation_deg"))
         self.last_flexion_deg = float(main[-1]) if main is not None else float("nan")
+        if main is not None:  # joint sounds are tied to the angle at their instant
+            self._sounds.on_angles(t_ns, main)
         # Store at angle_store_rate_hz: the first sample of each new time bucket.
         bucket = t_ns // round(1e9 / self.settings.angle_store_rate_hz)
         keep = bucket != np.concatenate(([self._angle_bucket], bucket[:-1]))

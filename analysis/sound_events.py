@@ -42,6 +42,8 @@ from analysis.sound_classifier import (
     snap_confidence,
     train_confidence,
 )
+from analysis.sound_coherence import CoherenceSettings, MicHistory, coherence
+from analysis.sound_jerk import JerkDetector, JerkSettings
 from analysis.transient_detector import Transient, TransientSettings, band_lag_s
 
 
@@ -50,13 +52,15 @@ class SoundSettings:
     transient: TransientSettings = field(default_factory=TransientSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     impact: ImpactSettings = field(default_factory=ImpactSettings)
+    jerk: JerkSettings = field(default_factory=JerkSettings)
+    coherence: CoherenceSettings = field(default_factory=CoherenceSettings)
     burst_merge_s: float = 0.004  # the same burst on both microphones (clock alignment error included), s
     snap_merge_s: float = 0.015  # the same thump on both microphones (peak frames within a few ms), s
     snap_refractory_s: float = 0.250  # a snap rings up to ~0.2 s; one tendon snaps once per crossing, s
     train_gap_s: float = 0.150  # bursts closer than this belong to one train, s
     click_wait_s: float = 0.100  # a lone burst is a click when no other burst follows within this, s
     hold_s: float = 0.060  # wait this long past a candidate for the IMU (impact veto), s
-    angle_keep_s: float = 30.0  # joint-angle history kept for late events, s
+    angle_keep_s: float = 10.0  # joint-angle history kept for late events, s
     # A burst whose 0-500 Hz tail exceeds both of these is an impact's crack (its thud follows within ms):
     # Weak bursts: a high-band transient too weak or too wide (noise widens it) to be a burst on its own counts
     # when the other microphone heard one within ``burst_pair_s`` too (a joint sound reaches both sensors
@@ -65,18 +69,33 @@ class SoundSettings:
     burst_pair_min_db: float = 8.0  # dB (the detector's own threshold)
     burst_pair_max_width_s: float = 0.007  # s
     burst_pair_min_hf: float = 0.6  # excess power above 2 kHz / 0.4-7 kHz: a click's signature
+    # Both microphones (analysis/sound_coherence.py): a high/mid transient whose samples on the two microphones
+    # correlate at least ``coherent_min`` is heard by both, a joint sound even when weak (``coherent_min_db``,
+    # up to ``coherent_max_width_s`` wide); one below ``incoherent_max`` is one sensor's own noise (rubbing,
+    # a noise peak), not a joint sound, however loud (noise alone: median 0.27, 99th percentile 0.6).
+    coherent_min: float = 0.6
+    coherent_min_db: float = 9.5
+    coherent_max_width_s: float = 0.007
+    incoherent_max: float = 0.3
     thud_min_db: float = 16.0  # dB over the background (joint sounds' tails: 95 % below ~15 dB)
     thud_below_level_db: float = 10.0  # ... and at most this far below the burst itself (very loud clicks leak), dB
     zone_margin_deg: float = 4.0  # a burst this close to the angle of bursts of earlier trains is crepitus, deg
     zone_min_trains: int = 2  # ... of at least this many earlier trains
     zone_min_bursts: int = 1  # a group in the zone is reported as crepitus from this many bursts on
     zone_keep_s: float = 30.0  # trains remembered for the zone, s
-    # Re-arming (a new crepitus event may be reported): an IMU impact since the last burst (running: every
-    # stride's grinding is its own train), or a silence this long (s). The joint angle does not decide it: the
-    # last angle-based rule (below the last train's lowest burst angle) missed 30 % of the trains on the
-    # development set, the angle is unknown or stale while the joint calibrates, and whole trains span it.
+    # Re-arming (a new crepitus event may be reported, one per movement cycle): a silence of ``rearm_silence_s``
+    # (rest between reps); in a gait (an IMU impact within ``rearm_gait_s`` of the one before), a foot strike
+    # since the last burst (running: every stride's grinding is its own train; an isolated landing is part of
+    # its jump's rep); in cyclic swings without impacts, a new cluster of bursts after a pause of
+    # ``rearm_cycle_gap_s`` that starts at the reported train's starting angle (+-``rearm_cycle_deg``) on the same
+    # crossing direction, at least ``rearm_cycle_min_s`` after it, with no impact in between (a jump's landing
+    # grinds at its descent's angle again, a squat's ascent crosses the other way).
     rearm_on_impact: bool = True
     rearm_silence_s: float = 1.5
+    rearm_gait_s: float = 1.5
+    rearm_cycle_gap_s: float = 0.3
+    rearm_cycle_deg: float = 5.0
+    rearm_cycle_min_s: float = 0.5
     # A burst this close to a thump (s before, s after) makes the thump the burst's low end (a click or crepitus
     # burst reaches 60-320 Hz at the same instant, +-~2.5 ms of frame timing); a snap's tendon may crack a few
     # ms after the thump starts, or crepitus grind right after it, which does not hide the snap.
@@ -96,6 +115,17 @@ class SoundSettings:
     # level is rare unless the joint made it (dev set: 26 snaps vs 1 other at 9.5 dB), dB.
     snap_pair_min_db: float = 9.5
     snap_pair_max_width_s: float = 0.032  # ... and each no wider than this, s
+    # A snapping tendon is felt too: the limb rings (analysis/sound_jerk.py) 5-30 ms after the thump's peak frame.
+    # A ring of at least ``snap_ring_g2`` and ``snap_ring_over_bg`` times the sensor's usual ring over the last
+    # second (running strides ring at every phase: there the ring says nothing) makes a thump of
+    # ``snap_jerk_min_db`` (one microphone, up to ``snap_jerk_max_width_s`` wide) a snap (ss: snaps ring at
+    # 0.05-0.09 g^2 on the sensor next to the joint, still squats below 0.01).
+    snap_ring_window_s: tuple[float, float] = (-0.010, 0.030)
+    snap_ring_g2: float = 0.04
+    snap_ring_over_bg: float = 2.0
+    snap_ring_bg_s: float = 1.0
+    snap_jerk_min_db: float = 5.0
+    snap_jerk_max_width_s: float = 0.064
     # A cavitation click is one sharp, loud, broadband (2-6 kHz) event; the bursts of a crepitus train are small,
     # 0.4-3 kHz and alike. So a burst "stands out" from the trains of the last ``zone_keep_s`` (and the open
     # one) when it is ``standout_db`` louder than their 90th level percentile and its high-frequency fraction is
@@ -134,19 +164,27 @@ class SoundTracker:
     def __init__(self, settings: SoundSettings | None = None) -> None:
         self.settings = settings or SoundSettings()
         self.impacts = ImpactDetector(self.settings.impact)
+        self.jerks = JerkDetector(self.settings.jerk)
         self._bursts: list[_Cand] = []  # undecided, time-sorted
+        self._hm: list[_Cand] = []  # high/mid transients not yet sorted (bursts, weak ones, noise)
         self._weak: list[_Cand] = []  # weak high-band transients waiting for the other microphone's
+        self._mic_hist: dict[str, MicHistory] = {}  # raw samples per microphone, for the coherence
+        self.incoherent = 0  # loud transients dropped as one microphone's own noise
         self._paired: set[int] = set()  # id() of weak transients promoted to bursts by a coincidence
         self._snaps: list[_Cand] = []
         self._group: list[list[_Cand]] = []  # the open train: bursts, each as heard per band and microphone
         self._group_reported = False  # the open group already gave (or was absorbed into) a crepitus event
-        self._angle_t: deque[int] = deque()
-        self._angle_v: deque[float] = deque()
+        # Joint-angle history: blocks appended as they come, joined (and trimmed) when looked up.
+        self._angle_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._angle_t = np.zeros(0, np.int64)
+        self._angle_v = np.zeros(0)
+        self._angle_series = False  # on_angles gives the full series: on_imu's one value per frame is not used
         self.vetoed = 0
         self._last_snap_ns = -(2**62)
         self._thumps: deque[tuple[int, float, float]] = deque()  # earlier low-band thumps: (t_ns, angle, direction)
         self._trains: deque[tuple[int, float, float]] = deque()  # confirmed trains: (t_ns, lowest, highest angle)
         self._armed = True  # a new crepitus train may be reported
+        self._reported: tuple[int, float, float] = (-(2**62), float("nan"), 0.0)  # last report: t_ns, angle, direction
         self._last_burst_ns = -(2**62)
         self._burst_times: deque[tuple[int, float]] = deque()  # recent bursts: (t_ns, level_db)
         self._mic_names: set[str] = set()  # microphones heard so far (one-microphone set-ups exist)
@@ -157,40 +195,120 @@ class SoundTracker:
         c = _Cand(int(t_ns), float(stream_t_s), sensor, tr)
         self._mic_names.add(sensor)
         s = self.settings
-        if is_burst(tr, s.classifier):
-            if tr.lf_db < max(s.thud_min_db, tr.level_db - s.thud_below_level_db):  # else an impact's crack
-                self._bursts.append(c)
-                self._burst_times.append((c.t_ns, tr.level_db))
-            else:
-                self.vetoed += 1
-        elif (tr.band == "high" and tr.level_db >= s.burst_pair_min_db and tr.width_s <= s.burst_pair_max_width_s
-              and tr.hf_fraction >= s.burst_pair_min_hf
-              and tr.lf_db < max(s.thud_min_db, tr.level_db - s.thud_below_level_db)):
-            self._weak.append(c)
+        if tr.band in ("high", "mid"):
+            self._hm.append(c)  # sorted once both microphones' samples are in (``_sort_hm``)
         elif (tr.band == "low"
-              and tr.level_db >= min(s.snap_recur_min_db, s.snap_pair_min_db, s.classifier.snap_min_db)
-              and tr.width_s <= max(s.classifier.snap_max_width_s, s.snap_pair_max_width_s)):
+              and tr.level_db >= min(s.snap_recur_min_db, s.snap_pair_min_db, s.classifier.snap_min_db,
+                                     s.snap_jerk_min_db)
+              and tr.width_s <= max(s.classifier.snap_max_width_s, s.snap_pair_max_width_s,
+                                    s.snap_jerk_max_width_s)):
             self._snaps.append(c)
 
-    def on_imu(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, angle_deg: float) -> None:
-        """``t_ns`` (n,) sample times (ns), ``accel_g`` (n, 3) in g, ``angle_deg`` the joint angle (deg) then."""
+    def on_mic(self, sensor: str, t0_ns: int, rate_hz: float, x: np.ndarray) -> None:
+        """A microphone's next samples (full scale) and the wall time (ns) of the first: kept briefly for the
+        coherence of the two microphones."""
+        h = self._mic_hist.get(sensor)
+        if h is None or h.rate_hz != rate_hz:
+            h = self._mic_hist[sensor] = MicHistory(rate_hz, self.settings.coherence.keep_s)
+        h.add(t0_ns, x)
+
+    def coherence_at(self, t_ns: int) -> float | None:
+        """Coherence of the two microphones' samples around ``t_ns`` (None with one microphone, or samples
+        missing)."""
+        if len(self._mic_hist) < 2:
+            return None
+        cs = self.settings.coherence
+        (_, a), (_, b) = list(self._mic_hist.items())[:2]
+        if a.rate_hz != b.rate_hz:
+            return None
+        n = round(cs.window_s * a.rate_hz)
+        t0 = t_ns - round(cs.window_s / 2 * 1e9)
+        wa, wb = a.window(t0, n), b.window(t0, n)
+        if wa is None or wb is None:
+            return None
+        return coherence(wa, wb, a.rate_hz, cs.band_hz, cs.max_lag)
+
+    def _sort_hm(self, until_ns: int) -> None:
+        """High/mid transients up to ``until_ns``: bursts (a click or crepitus burst), weak ones waiting for the
+        other microphone (no coherence available), or noise."""
+        s = self.settings
+        self._hm.sort(key=lambda c: c.t_ns)
+        n = 0
+        while n < len(self._hm) and self._hm[n].t_ns <= until_ns:
+            n += 1
+        ready, self._hm = self._hm[:n], self._hm[n:]
+        merge = round(s.burst_merge_s * 1e9)
+        i = 0
+        while i < len(ready):
+            j = i + 1
+            while j < len(ready) and ready[j].t_ns - ready[i].t_ns <= merge:
+                j += 1
+            group = ready[i:j]
+            i = j
+            loud = max(group, key=lambda c: c.tr.level_db)
+            coh = self.coherence_at(loud.t_ns)
+            for c in group:
+                tr = c.tr
+                thud = tr.lf_db >= max(s.thud_min_db, tr.level_db - s.thud_below_level_db)  # an impact's crack
+                if is_burst(tr, s.classifier) and not thud:
+                    if coh is not None and coh < s.incoherent_max:
+                        self.incoherent += 1
+                        continue
+                    if coh is not None and coh >= s.coherent_min:
+                        self._paired.add(id(c))  # heard by both microphones
+                    self._bursts.append(c)
+                    self._burst_times.append((c.t_ns, tr.level_db))
+                elif thud and is_burst(tr, s.classifier):
+                    self.vetoed += 1
+                elif (coh is not None and coh >= s.coherent_min and not thud and tr.level_db >= s.coherent_min_db
+                      and tr.width_s <= s.coherent_max_width_s):
+                    self._paired.add(id(c))  # heard by both microphones
+                    self._bursts.append(c)
+                    self._burst_times.append((c.t_ns, tr.level_db))
+                elif (coh is None and tr.band == "high" and tr.level_db >= s.burst_pair_min_db
+                      and tr.width_s <= s.burst_pair_max_width_s and tr.hf_fraction >= s.burst_pair_min_hf
+                      and not thud):
+                    self._weak.append(c)
+
+    def on_imu(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray, angle_deg: float = float("nan")) -> None:
+        """``t_ns`` (n,) sample times (ns), ``accel_g`` (n, 3) in g; ``angle_deg`` the joint angle (deg) at the
+        frame's first sample, if :meth:`on_angles` does not give the whole series."""
         self.impacts.update(sensor, t_ns, accel_g)
-        if t_ns.size and np.isfinite(angle_deg):
-            t = int(t_ns[0])
-            if self._angle_t and t <= self._angle_t[-1]:  # two sensors' frames: keep the history monotonic
-                return
-            self._angle_t.append(t)
-            self._angle_v.append(float(angle_deg))
-            horizon = t - round(self.settings.angle_keep_s * 1e9)
-            while self._angle_t and self._angle_t[0] < horizon:
-                self._angle_t.popleft()
-                self._angle_v.popleft()
+        self.jerks.update(sensor, t_ns, accel_g)
+        if not self._angle_series and t_ns.size and np.isfinite(angle_deg):
+            self._add_angles(t_ns[:1], np.array([float(angle_deg)]))
+
+    def on_angles(self, t_ns: np.ndarray, angle_deg: np.ndarray) -> None:
+        """The joint's main angle (deg; knee flexion, shoulder elevation) at ``t_ns`` (ns), as it is estimated;
+        NaN where unknown."""
+        if not self._angle_series:
+            self._angle_series = True
+            self._angle_parts, self._angle_t, self._angle_v = [], self._angle_t[:0], self._angle_v[:0]
+        self._add_angles(np.asarray(t_ns, np.int64).ravel(), np.asarray(angle_deg, float).ravel())
+
+    def _add_angles(self, t_ns: np.ndarray, angle_deg: np.ndarray) -> None:
+        ok = np.isfinite(angle_deg)
+        if ok.any():
+            self._angle_parts.append((t_ns[ok], angle_deg[ok]))
+
+    def _angles(self) -> tuple[np.ndarray, np.ndarray]:
+        """The angle history (t_ns, deg), time-ordered, the last ``angle_keep_s``."""
+        if self._angle_parts:
+            t = np.concatenate([self._angle_t] + [p[0] for p in self._angle_parts])
+            v = np.concatenate([self._angle_v] + [p[1] for p in self._angle_parts])
+            self._angle_parts = []
+            keep = t > np.maximum.accumulate(np.concatenate(([t[0] - 1], t[:-1])))  # two sensors' frames: monotonic
+            t, v = t[keep], v[keep]
+            start = np.searchsorted(t, t[-1] - round(self.settings.angle_keep_s * 1e9))
+            self._angle_t, self._angle_v = t[start:], v[start:]
+        return self._angle_t, self._angle_v
 
     def angle_at(self, t_ns: int) -> float:
         """Joint angle (deg) at ``t_ns`` from the recorded history; NaN when none."""
-        if not self._angle_t:
+        t, v = self._angles()
+        if not t.size:
             return float("nan")
-        return float(np.interp(t_ns, np.asarray(self._angle_t, dtype=np.int64), np.asarray(self._angle_v)))
+        return float(np.interp(t_ns, t, v))
 
     def _direction(self, t_ns: int) -> float:
         """Sign of the angle's rate (deg/s) over +-50 ms around ``t_ns``: +1 flexing, -1 extending, 0 unknown."""
@@ -198,6 +316,7 @@ class SoundTracker:
         return float(np.sign(d)) if np.isfinite(d) else 0.0
 
     def poll(self, now_ns: int) -> list[SoundEvent]:
+        self._sort_hm(now_ns - round(self.settings.hold_s * 1e9))  # bursts first: they may hide a thump
         out = self._poll_snaps(now_ns) + self._poll_bursts(now_ns)
         return sorted(out, key=lambda e: e.t_ns)
 
@@ -228,7 +347,7 @@ class SoundTracker:
                 continue  # broadband: the low end of a louder click or crepitus burst, not a thump of its own
             angle, direction = self.angle_at(first.t_ns), self._direction(first.t_ns)
             recur = self._recurs(first.t_ns, angle, direction)
-            if np.isfinite(angle):
+            if np.isfinite(angle) and best.tr.level_db >= s.snap_recur_min_db:
                 self._thumps.append((first.t_ns, angle, direction))
             while self._thumps and self._thumps[0][0] < first.t_ns - round(s.zone_keep_s * 1e9):
                 self._thumps.popleft()
@@ -238,16 +357,21 @@ class SoundTracker:
                     per_mic[c.sensor] = max(per_mic.get(c.sensor, -np.inf), c.tr.level_db)
             pair = len(per_mic) >= 2 and min(per_mic.values()) >= s.snap_pair_min_db
             narrow = [c for c in same if c.tr.width_s <= s.classifier.snap_max_width_s]
-            if not pair:
-                if not narrow:
-                    continue
-                best = max(narrow, key=lambda c: c.tr.level_db)
-            if best.tr.level_db < s.classifier.snap_min_db and not recur and not pair:
-                continue
-            if best.tr.level_db < s.snap_recur_min_db and not pair:
-                continue
+            felt = self._snap_felt(first.t_ns)
             heard = same if pair else narrow
-            if best.tr.level_db < s.snap_one_mic_db and len({c.sensor for c in heard}) < min(2, len(self._mic_names)):
+            ok = pair
+            if not ok and narrow:
+                best = max(narrow, key=lambda c: c.tr.level_db)
+                lvl = best.tr.level_db
+                both = len({c.sensor for c in narrow}) >= min(2, len(self._mic_names))
+                ok = lvl >= s.snap_one_mic_db or both and (lvl >= s.classifier.snap_min_db
+                                                           or recur and lvl >= s.snap_recur_min_db)
+            if not ok and felt:
+                wide = [c for c in same if c.tr.width_s <= s.snap_jerk_max_width_s]
+                if wide and max(c.tr.level_db for c in wide) >= s.snap_jerk_min_db:
+                    ok, heard = True, wide
+                    best = max(wide, key=lambda c: c.tr.level_db)
+            if not ok:
                 continue
             if first.t_ns - self._last_snap_ns < round(s.snap_refractory_s * 1e9):
                 continue
@@ -255,9 +379,22 @@ class SoundTracker:
             conf = snap_confidence(best.tr, s.classifier)
             if recur:  # heard at this angle on an earlier crossing: the repetition is evidence too
                 conf = max(conf, logistic(1.0))
+            if felt:  # felt as well as heard
+                conf = max(conf, logistic(1.5))
             out.append(self._event("snap", first, best, conf, {"sensors": len({c.sensor for c in heard}),
-                                                                "recurring": recur}))
+                                                                "recurring": recur, "felt": felt}))
         return out
+
+    def _snap_felt(self, t_ns: int) -> bool:
+        """Whether a sensor rang like a snapping tendon right after a thump at ``t_ns``, clearly above its usual
+        ring over the last ``snap_ring_bg_s``."""
+        s = self.settings
+        w0, w1 = s.snap_ring_window_s
+        for sensor, (t, v) in self.jerks.ring(t_ns + round(w0 * 1e9), t_ns + round(w1 * 1e9)).items():
+            bg = self.jerks.background(sensor, t - round(s.snap_ring_bg_s * 1e9), t - 50_000_000)
+            if v >= max(s.snap_ring_g2, s.snap_ring_over_bg * bg):
+                return True
+        return False
 
     def _recurs(self, t_ns: int, angle: float, direction: float) -> bool:
         """Whether a thump was heard at ``angle`` (deg), same crossing direction, on an earlier crossing."""
@@ -335,13 +472,20 @@ class SoundTracker:
         return out
 
     def _rearm(self, t_ns: int) -> None:
-        """A new movement cycle: an IMU impact (foot strike, landing: a new stride) since the last burst, or a
-        silence of ``rearm_silence_s``."""
+        """A new movement cycle (see ``SoundSettings``): silence, a foot strike in a gait, or a cyclic swing
+        grinding again where the reported train started."""
         if self._armed:
             return
         s = self.settings
         if t_ns - self._last_burst_ns > round(s.rearm_silence_s * 1e9) or (
-                s.rearm_on_impact and self.impacts.between(self._last_burst_ns, t_ns)):
+                s.rearm_on_impact and self.impacts.between(self._last_burst_ns, t_ns, s.rearm_gait_s)):
+            self._armed = True
+            return
+        rt, ra, rd = self._reported
+        if (t_ns - self._last_burst_ns >= round(s.rearm_cycle_gap_s * 1e9)
+                and t_ns - rt >= round(s.rearm_cycle_min_s * 1e9) and rd != 0.0
+                and abs(self.angle_at(t_ns) - ra) <= s.rearm_cycle_deg and self._direction(t_ns) == rd
+                and not self.impacts.between(rt, t_ns)):
             self._armed = True
 
     def _stands_out(self, burst: list[_Cand]) -> bool:
@@ -388,6 +532,7 @@ class SoundTracker:
         self._armed = False
         # The event: the earliest burst within one train gap of the confirming one (bounded latency).
         start = next(b for b in self._group if c.t_ns - b[0].t_ns <= round(s.train_gap_s * 1e9))[0]
+        self._reported = (start.t_ns, self.angle_at(start.t_ns), self._direction(start.t_ns))
         every = [x for b in self._group for x in b]
         best = max(every, key=lambda x: x.tr.level_db)
         conf = train_confidence(n, s.classifier) if n >= s.classifier.train_min_bursts else logistic(0.5)

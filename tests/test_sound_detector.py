@@ -136,6 +136,108 @@ def test_chunked_equals_whole(sizes):
     assert sum(c.band == "high" and c.level_db > 15 for c in whole) == 3
 
 
+def snap_jerk(t_s: np.ndarray, t0: float, peak_g: float = 0.5) -> np.ndarray:
+    """A tendon snap's jerk along the segment: 60 Hz, x^3 e^-x envelope (tau 2.5 ms), as the simulator's."""
+    x = np.clip((t_s - t0) / 0.0025, 0, None)
+    env = x**3 * np.exp(-x) / (27 * np.exp(-3))
+    return peak_g * env * np.sin(2 * np.pi * 60 * np.clip(t_s - t0, 0, None))
+
+
+def imu_stream(seconds: float, jerks_s=(), kinks_s=(), seed: int = 0):
+    """200 Hz accelerometer (g): slow movement, noise, snap jerks (fine-grained then decimated) and kinks."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * 200)) / 200
+    acc = np.zeros((t.size, 3))
+    acc[:, 2] = 1 + 0.3 * np.sin(2 * np.pi * 0.5 * t) + rng.normal(0, 0.002, t.size)
+    for j in jerks_s:
+        acc[:, 2] += snap_jerk(t, j)
+    for k in kinks_s:  # a change of direction: the slope of the acceleration turns
+        acc[:, 0] += np.abs(t - k) * 8.0
+    return (t * 1e9).astype(np.int64), acc
+
+
+@pytest.mark.parametrize("sizes", [[2000], [1] * 30 + [7] * 100 + [2000],
+                                   list(np.random.default_rng(3).integers(1, 25, 400))])
+def test_jerk_ring_found_in_any_blocks_and_not_for_a_kink(sizes):
+    from analysis.sound_jerk import JerkDetector
+
+    t, acc = imu_stream(4.0, jerks_s=(1.0, 3.0), kinks_s=(2.0,))
+    det, i = JerkDetector(), 0
+    for n in sizes:
+        det.update("shank", t[i:i + n], acc[i:i + n])
+        i += n
+        if i >= t.size:
+            break
+    rings = det.ring(0, t[-1])
+    assert rings["shank"][1] > 0.04
+    near = {round(tp / 1e9, 1) for tp, v in det._peaks["shank"] if v > 0.02}
+    assert near == {1.0, 3.0}  # the two jerks, 0-15 ms after their start; nothing at the kink
+
+
+def test_jerk_detector_restarts_after_a_gap():
+    from analysis.sound_jerk import JerkDetector
+
+    t, acc = imu_stream(3.0)
+    det = JerkDetector()
+    det.update("shank", t[:300], acc[:300])
+    acc2 = acc.copy()
+    acc2[300:, 2] += 2.0  # after a lost stretch the sensor reads differently: no ring across the gap
+    det.update("shank", t[400:], acc2[400:])
+    assert det.restarts == 1
+    assert det.ring(0, t[-1]) == {}
+
+
+def test_coherence_same_sound_on_both_microphones_vs_noise():
+    from analysis.sound_coherence import coherence
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0, 0.002, 64), rng.normal(0, 0.002, 64)
+    c = click(0.01)[:32]
+    ca, cb = a.copy(), b.copy()
+    ca[26:58] += c  # the window is centred on the detector's peak frame: the click starts ~1 ms before
+    cb[27:59] += 0.7 * c  # a sample later, 3 dB quieter
+    assert coherence(ca, cb, FS, (1800.0, 6500.0), 2) > 0.7
+    noise = [coherence(rng.normal(0, 1, 64), rng.normal(0, 1, 64), FS, (1800.0, 6500.0), 2) for _ in range(200)]
+    assert np.percentile(noise, 90) < 0.55
+
+
+def test_mic_history_windows_across_blocks_and_gaps():
+    from analysis.sound_coherence import MicHistory
+
+    h = MicHistory(FS, 0.5)
+    x = np.arange(2400, dtype=float)
+    step = 1e9 / FS
+    for i in range(0, 1600, 800):  # two consecutive 50 ms blocks
+        h.add(round(i * step), x[i:i + 800])
+    h.add(round(2000 * step), x[2000:2400])  # after a gap of 400 samples
+    np.testing.assert_array_equal(h.window(round(780 * step), 40), x[780:820])
+    assert h.window(round(1590 * step), 20) is None  # would straddle the gap
+    assert h.window(round(2390 * step), 20) is None  # not arrived yet
+
+
+def test_weak_click_heard_by_both_microphones():
+    """A click at ~10 dB over the background per microphone: a burst on one microphone alone would be too weak
+    to count, the two microphones' coherence makes it a click; the same level on one microphone only does not."""
+    xs = {"shank": noise(3.0, seed=12), "thigh": noise(3.0, seed=13)}
+    w = click(0.0105, freq_hz=4000.0)  # 10.5-10.7 dB: below a lone click's 11 dB
+    add_at(xs["shank"], 1.5, w)
+    add_at(xs["thigh"], 1.5, 0.8 * w)
+
+    def run(mics):
+        tr = SoundTracker()
+        for name, x in mics.items():
+            det = TransientDetector()
+            tr.on_mic(name, 0, FS, x)
+            for c in det.process(x) + det.flush():
+                tr.add(name, round(c.index / FS * 1e9), c.index / FS, c)
+        return tr.flush()
+
+    both = run(xs)
+    assert [e.type for e in both] == ["click"] and abs(both[0].stream_t_s - 1.5) < 0.003
+    lone = {"shank": xs["shank"], "thigh": noise(3.0, seed=13)}
+    assert [e.type for e in run(lone)] == []
+
+
 # ---------------------------------------------------------------- small-subset targets
 
 # Three short standard-set-like sessions (bench/standard_set.py, seeds outside the standard set's 0-47):
