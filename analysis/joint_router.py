@@ -16,7 +16,7 @@ from jointmon.errors import FrameError, TopicError
 from jointmon.frames import Frame, decode_frame
 from jointmon.packets import StreamType
 from jointmon.ratelimit import RateLimitedLog
-from jointmon.topics import DataTopic, parse_data_topic
+from jointmon.topics import DataTopic, parse_data_topic, partition_of
 
 log = logging.getLogger("jointmon.analysis")
 
@@ -37,6 +37,12 @@ class JointRouter:
     ``bad_topic``, ``frame_<FrameError reason>``, ``stream_mismatch`` and ``duplicate_frame``.
     ``self.samples`` counts samples per ``athlete/joint/sensor/stream``. Every pipeline writes to
     the one ``sink``.
+
+    Partitioned (several workers share the streams, :mod:`analysis.partitions`): after
+    :meth:`set_ownership`, frames of joints in partitions this worker does not own are dropped
+    (``dropped_not_owned``: a handover's leftovers, analysed by the new owner), a topic whose partition level is
+    not the joint's (gateway and analysis configured with different partition counts) as
+    ``dropped_partition_mismatch``, and the pipelines of released partitions are finished and removed.
     """
 
     def __init__(self, session: str, sink: ResultSink, knee_settings: KneeSettings | None = None) -> None:
@@ -51,6 +57,10 @@ class JointRouter:
         self.first_ns: int | None = None
         self.end_ns: int | None = None
         self._warn = RateLimitedLog(log)
+        # (partition count, owned partitions) or None (not partitioned: every joint is ours). Replaced whole by
+        # set_ownership() from any thread; route() and finish() compare it with what they last applied.
+        self._ownership: tuple[int, frozenset[int]] | None = None
+        self._applied: tuple[int, frozenset[int]] | None = None
 
     def drop(self, reason: str, where: object, detail: object) -> None:
         """Count a dropped message as ``dropped_<reason>`` and log it (rate-limited)."""
@@ -71,11 +81,38 @@ class JointRouter:
             return False
         return self.route(t, frame)
 
+    def set_ownership(self, partitions: int, owned: frozenset[int] | set[int]) -> None:
+        """From now on analyse only joints whose partition (of ``partitions``) is in ``owned`` (any thread; applied
+        by the processing thread at its next frame or at :meth:`finish`)."""
+        self._ownership = (partitions, frozenset(owned))
+
+    def owns(self, athlete: str, joint: str) -> bool:
+        """Whether this worker analyses the joint (always, when not partitioned)."""
+        own = self._ownership
+        return own is None or partition_of(athlete, joint, own[0]) in own[1]
+
+    def _apply_ownership(self) -> None:
+        """Finish and forget the pipelines (and stream states) of joints no longer owned."""
+        own = self._applied = self._ownership
+        if own is None:
+            return
+        for key in [k for k in self.pipelines if partition_of(*k, own[0]) not in own[1]]:
+            log.info("joint %s/%s released (partition %d)", *key, partition_of(*key, own[0]))
+            self.pipelines.pop(key).finish()
+            self.counters["joints_released"] += 1
+        for t in [t for t in self._streams if (t.athlete, t.joint) not in self.pipelines]:
+            del self._streams[t]
+
     def route(self, t: DataTopic, frame: Frame) -> bool:
         """Process one frame of the stream ``t``; return False when it was dropped (and counted)."""
+        if self._ownership is not self._applied:
+            self._apply_ownership()
         st = self._streams.get(t)
         if st is None:
-            st = self._streams[t] = self._new_stream(t)
+            st = self._new_stream(t)
+            if st is None:
+                return False
+            self._streams[t] = st
         if (frame.stream is StreamType.IMU) != st.imu:
             self.drop("stream_mismatch", t, f"{frame.stream.name} frame on a {t.stream} topic")
             return False
@@ -101,7 +138,18 @@ class JointRouter:
         st.pipeline.on_frame(t.sensor, t.stream, frame)
         return True
 
-    def _new_stream(self, t: DataTopic) -> _Stream:
+    def _new_stream(self, t: DataTopic) -> _Stream | None:
+        """The state of a stream seen for the first time; None (dropped, counted) if it is not this worker's."""
+        own = self._ownership
+        if own is not None:
+            partition = partition_of(t.athlete, t.joint, own[0])
+            if t.partition is not None and t.partition != partition:
+                self.drop("partition_mismatch", t, f"joint's partition is {partition} of {own[0]}: do the gateway "
+                          "and the analysis use the same partition count?")
+                return None
+            if partition not in own[1]:
+                self.drop("not_owned", t, f"partition {partition} is another worker's")
+                return None
         return _Stream(f"{t.athlete}/{t.joint}/{t.sensor}/{t.stream}", t.stream == "imu")
 
     def _pipeline(self, t: DataTopic) -> KneePipeline:
@@ -115,5 +163,7 @@ class JointRouter:
 
     def finish(self) -> None:
         """End of session: every pipeline reports its pending detections."""
+        if self._ownership is not self._applied:
+            self._apply_ownership()
         for p in self.pipelines.values():
             p.finish()

@@ -77,14 +77,20 @@ class AnalysisService:
     Gap records and sensor statuses go to the sink only (bad ones count as ``dropped_gap_bad_topic``,
     ``dropped_gap_malformed``, ``dropped_status_malformed``); ``health_interval_s`` (s): how often the
     counters go to the sink (``pipeline_health``), also once at stop.
+
+    ``subscribe_streams=False``: the service does not subscribe to the data and gaps topics itself; another
+    receiver hands it their messages with :meth:`submit` (the partition sessions of
+    :class:`analysis.partitions.PartitionedWorker`, several workers sharing the streams).
     """
 
     def __init__(self, mqtt_settings: MqttSettings, sink: ResultSink, session: str, worker_id: str = "analysis-1",
                  knee_settings: KneeSettings | None = None,
                  on_event: Callable[[JointEvent], None] | None = None, *,
                  history: AthleteHistory | None = None, red_flags: RedFlagSettings | None = None,
-                 grade_interval_s: float | None = None, health_interval_s: float = 10.0) -> None:
+                 grade_interval_s: float | None = None, health_interval_s: float = 10.0,
+                 subscribe_streams: bool = True) -> None:
         self.settings = mqtt_settings
+        self.subscribe_streams = subscribe_streams
         self.session = session
         self.worker_id = worker_id
         self.client = make_client(mqtt_settings, f"jointmon-{worker_id}", clean_session=False)
@@ -111,7 +117,7 @@ class AnalysisService:
         self.pipelines: dict[tuple[str, str], KneePipeline] = self.router.pipelines
         self.counters = self.router.counters
         self.samples = self.router.samples  # per "athlete/joint/sensor/stream"
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, bytes, Callable[[], None] | None] | None] = queue.Queue()
         self._last_message = time.monotonic()
         self._busy = False
         self._worker = threading.Thread(target=self._work, name=f"{worker_id}-worker", daemon=True)
@@ -121,13 +127,18 @@ class AnalysisService:
 
     # --- MQTT side (paho's network thread) ---
     def _on_connected(self, client: mqtt.Client) -> None:
-        client.subscribe([(DATA_SUBSCRIPTION, MQTT_QOS), (REPORTS_SUBSCRIPTION, MQTT_QOS),
-                          (GAPS_SUBSCRIPTION, MQTT_QOS), (_SENSOR_STATUS_SUBSCRIPTION, MQTT_QOS)])
+        streams = [(DATA_SUBSCRIPTION, MQTT_QOS), (GAPS_SUBSCRIPTION, MQTT_QOS)] if self.subscribe_streams else []
+        client.subscribe([*streams, (REPORTS_SUBSCRIPTION, MQTT_QOS), (_SENSOR_STATUS_SUBSCRIPTION, MQTT_QOS)])
         self._publish_status("online")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self.submit(msg.topic, msg.payload)
+
+    def submit(self, topic: str, payload: bytes, on_done: Callable[[], None] | None = None) -> None:
+        """Queue one message for the worker thread, as if it came from the service's subscriptions (any thread);
+        ``on_done()`` runs on the worker thread once it is processed (e.g. a manual MQTT acknowledgement)."""
         self._last_message = time.monotonic()
-        self._queue.put((msg.topic, msg.payload))
+        self._queue.put((topic, payload, on_done))
 
     def _publish_status(self, state: str) -> None:
         status = Status("analysis", self.worker_id, state, time.time_ns(), counters=dict(self.counters))
@@ -137,12 +148,15 @@ class AnalysisService:
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             self._busy = True
+            topic, payload, on_done = item
             try:
-                self._handle(*item)
+                self._handle(topic, payload)
             except Exception:  # a bug in one frame's processing must not stop the whole service
                 self.counters["dropped_internal_error"] += 1
-                log.exception("frame on %s failed", item[0])
+                log.exception("frame on %s failed", topic)
             finally:
+                if on_done is not None:
+                    on_done()
                 self._busy = False
                 self._queue.task_done()
         self._queue.task_done()
@@ -198,7 +212,7 @@ class AnalysisService:
 
     def _tick(self) -> None:
         while not self._stopping.wait(self.health_interval_s):
-            self._queue.put((_HEALTH_TICK, b""))  # the worker thread writes it: one thread owns the state
+            self._queue.put((_HEALTH_TICK, b"", None))  # the worker thread writes it: one thread owns the state
 
     def _on_report(self, topic: str, payload: bytes) -> None:
         """A self-report: validated, kept for this session's grade (and in the history); never raises."""
@@ -230,7 +244,7 @@ class AnalysisService:
         start = self.router.first_ns or 0
         duration_s = (self.router.end_ns - start) / 1e9 if self.router.end_ns is not None else 0.0
         out = []
-        for athlete, joint in sorted(set(self.pipelines) | set(self.reports)):
+        for athlete, joint in sorted(j for j in set(self.pipelines) | set(self.reports) if self.router.owns(*j)):
             summary = summarize(self.joint_events.get((athlete, joint), ()), athlete, joint, self.session,
                                 duration_s, t_ns=start, settings=self.red_flags)
             grade = grade_with_history(summary, self.reports.get((athlete, joint)), self.history, self.red_flags,

@@ -48,6 +48,12 @@ def _influx_settings(args: argparse.Namespace) -> InfluxSettings | None:
                                    org=args.influx_org, username=args.influx_user, **spool)
 
 
+def _add_partitions_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--partitions", type=int, default=0, metavar="N",
+                   help="publish each joint's frames under one of N partitions (jointmon/v1/data/p{n}/...) for "
+                        "analysis workers sharing them (jointmon analyze --partitions N); 0: unpartitioned [0]")
+
+
 def _add_sim_args(p: argparse.ArgumentParser, duration: float) -> None:
     p.add_argument("--duration", type=float, default=duration, metavar="S",
                    help="simulated session length, seconds [%(default)s]")
@@ -106,7 +112,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                  joint=args.joint)
     if args.virtual_ble or args.ble:
         return _simulate_ble(args, sim)
-    publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id)
+    publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id, partitions=args.partitions)
     publisher.start()
     peripherals = make_peripherals(sim, realtime=not args.fast, speed=args.speed)
     gateway = Gateway(publisher, [SensorBinding(SimLink(p), sim.athlete, sim.joint, n) for n, p in peripherals.items()])
@@ -189,7 +195,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         raise JointmonError("gateway needs --config FILE (see docs/gateway.example.toml) or --scan")
     from sensor_gateway.mqtt_publisher import MqttPublisher
 
-    publisher = MqttPublisher(cfg.mqtt, cfg.gateway_id, queue_path=cfg.queue_path, queue_max_bytes=cfg.queue.max_bytes)
+    publisher = MqttPublisher(cfg.mqtt, cfg.gateway_id, queue_path=cfg.queue_path, queue_max_bytes=cfg.queue.max_bytes,
+                              partitions=args.partitions)
     publisher.start(require_broker=False)  # a broker away at start: frames wait in the disk queue
     try:
         if args.backend == "bumble":
@@ -311,11 +318,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     grade_interval = args.grade_interval or (WEB_GRADE_INTERVAL_S if web is not None and not args.no_grade else None)
     history = None if args.no_grade else _history(args)
     service = AnalysisService(mqtt, FanOut(*sinks), args.session, args.worker_id,
-                              history=history, grade_interval_s=grade_interval)
+                              history=history, grade_interval_s=grade_interval, subscribe_streams=not args.partitions)
+    partitioned = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         service.start()
+        if args.partitions:
+            from analysis.partitions import PartitionedWorker, PartitionSettings
+
+            partitioned = PartitionedWorker(service, mqtt, PartitionSettings(args.partitions, args.group)).start()
     except BaseException:
         if web is not None:
             web.shutdown()
@@ -331,6 +343,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if partitioned is not None:
+            partitioned.stop()  # the partitions' sessions stay on the broker for the other workers
         service.stop()
         if web is not None:
             web.shutdown()
@@ -472,7 +486,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from sensor_gateway.mqtt_publisher import MqttPublisher
 
     recording = read_recording(args.file)
-    publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id)
+    publisher = MqttPublisher(MqttSettings.from_url(args.mqtt), args.gateway_id, partitions=args.partitions)
     publisher.start()
     with tqdm(total=round(recording.duration_s, 1), unit="s", disable=args.no_progress, leave=False,
               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
@@ -524,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--athlete", default="ath-001", help="athlete pseudonym (never a name) [%(default)s]")
     p.add_argument("--joint", default="left_knee", help="joint id [%(default)s]")
     p.add_argument("--gateway-id", default="gw-sim", help="gateway id on the status topic [%(default)s]")
+    _add_partitions_arg(p)
     ble = p.add_argument_group("Bluetooth LE (Bumble): the sensors become BLE peripherals; `jointmon gateway` "
                                 "connects to them and publishes to --mqtt")
     ble.add_argument("--virtual-ble", action="store_true",
@@ -550,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hci", default="tcp-client:127.0.0.1:9601", metavar="SPEC",
                    help="--backend bumble: HCI transport, e.g. usb:0, serial:/dev/ttyACM0,1000000, "
                         "tcp-client:HOST:PORT (jointmon simulate --virtual-ble) [%(default)s]")
+    _add_partitions_arg(p)
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("analyze", help="subscribe to sensor streams and detect clicks, angles and reps",
@@ -565,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results/analysis.sqlite", metavar="FILE", help="results file [%(default)s]")
     p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0: run until "
                    "Ctrl-C) [%(default)s]")
+    g = p.add_argument_group("scale-out (several workers share the streams; docs/scaling.md)")
+    g.add_argument("--partitions", type=int, default=0, metavar="N",
+                   help="live: take a share of N partitions (the gateways' --partitions) with the other workers of "
+                        "--group, one persistent MQTT 5 session per partition; 0: subscribe to every stream [0]")
+    g.add_argument("--group", default="analysis", help="--partitions: the workers sharing them [%(default)s]")
     _add_influx_args(p)
     _add_report_args(p, "offline PATH only")
     _add_grade_args(p)
@@ -652,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker [%(default)s]")
     p.add_argument("--gateway-id", default="gw-replay", help="gateway id on the status topic [%(default)s]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_partitions_arg(p)
     p.set_defaults(func=cmd_replay)
     return parser
 

@@ -54,9 +54,13 @@ class MqttPublisher:
     """
 
     def __init__(self, settings: MqttSettings, gateway_id: str, *, queue_path: str | Path = MEMORY,
-                 queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES) -> None:
+                 queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES, partitions: int = 0) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
+        # > 0: frames and gaps go to partitioned topics (jointmon/v1/data/p{n}/...), one partition per joint, for
+        # analysis workers that share the partitions (analysis/partitions.py); every gateway must use the same N.
+        self.partitions = partitions
+        self._topic_names: dict[DataTopic, tuple[str, str]] = {}  # stream -> (data topic, gaps topic) as published
         self.status_topic = status_topic("gateway", gateway_id)
         self.queue = DiskQueue(queue_path, queue_max_bytes)
         self.client = make_client(settings, f"jointmon-gw-{gateway_id}", clean_session=False)
@@ -138,13 +142,21 @@ class MqttPublisher:
         """Queue one frame (on disk first); it is sent in order as soon as the broker takes it."""
         if not self.connected:
             self.counters["frames_queued_offline"] += 1
-        self.queue.put(str(topic), encode_frame(frame), frame.count)
+        self.queue.put(self._names(topic)[0], encode_frame(frame), frame.count)
         self._wake.set()
+
+    def _names(self, topic: DataTopic) -> tuple[str, str]:
+        """The data and gaps topic names a stream is published on (partitioned if configured)."""
+        names = self._topic_names.get(topic)
+        if names is None:
+            t = topic.partitioned(self.partitions) if self.partitions else topic
+            names = self._topic_names[topic] = (str(t), gaps_topic(t))
+        return names
 
     def publish_gap(self, topic: DataTopic, gap: Gap) -> None:
         """A gap record (JSON, QoS 1) on ``jointmon/v1/gaps/...``, through the same disk queue as the
         frames: it stays in order before its stream's next frame and survives an outage or a restart."""
-        self.queue.put(gaps_topic(topic), gap.to_json(), 0)
+        self.queue.put(self._names(topic)[1], gap.to_json(), 0)
         self.counters["gaps_published"] += 1
         self._wake.set()
 
