@@ -76,12 +76,23 @@ class DemoSummary:
             f"  clicks     {len(self.clicks.pairs)} found / {len(s.labels)} injected, "
             f"{len(self.clicks.false_positives)} false, {len(self.clicks.missed)} missed; timing error "
             + (f"mean {err_ms.mean():.2f} ms, max {err_ms.max():.2f} ms" if err_ms.size else "n/a"),
+            *self._grade_lines(),
             f"  problems   {problems or 'none (no rejected packets, gaps or dropped frames)'}",
             f"  results    {self.results_path}",
         ]
         if self.web_url:
             lines.append(f"  live view  {self.web_url}")
         return "\n".join(lines)
+
+    def _grade_lines(self) -> list[str]:
+        """The red-flag grade per joint with its reasons in plain words (docs/red-flags.md)."""
+        lines = []
+        for g in self.run.grades:
+            lines.append(f"  grade      {g.joint}: {g.grade.upper()}")
+            reasons = [r.text for r in g.reasons] or ["no red flag measured or reported"]
+            lines += [f"             - {text}" for text in reasons]
+            lines.append(f"             ({g.disclaimer})")
+        return lines
 
 
 def run_demo(opts: DemoOptions, on_web_url: Callable[[str], None] | None = None,
@@ -111,7 +122,8 @@ def run_demo(opts: DemoOptions, on_web_url: Callable[[str], None] | None = None,
         if opts.web_port is not None:  # first: a busy port fails before anything is written
             web = WebView(session_id, mqtt, port=opts.web_port, joints=[(sim.athlete, sim.joint)]).start()
             if on_web_url is not None:
-                on_web_url(web.url)
+                with tqdm.external_write_mode():  # on its own line, not glued to the progress bar
+                    on_web_url(web.url)
         sinks: list[ResultSink] = [SqliteResults(results_path)]
         if opts.influx is not None:
             from analysis.influx_sink import InfluxSink

@@ -19,7 +19,7 @@ from firmware_sim.link_faults import LinkFaults, link_faults_for_sensors
 from firmware_sim.peripheral import SimulatedPeripheral
 from firmware_sim.session import SimulatedSession
 from jointmon.config import MqttSettings
-from jointmon.messages import JointEvent
+from jointmon.messages import JointEvent, JointGrade
 from sensor_gateway.gateway import Gateway, SensorBinding
 from sensor_gateway.mqtt_publisher import MqttPublisher
 from sensor_gateway.recorder import GatewayRecorder, labels_from_session, session_meta, truth_from_session
@@ -44,6 +44,7 @@ class SessionRun:
     pipelines: dict[tuple[str, str], KneePipeline]
     events: list[JointEvent] = field(default_factory=list)
     wall_s: float = 0.0
+    grades: list[JointGrade] = field(default_factory=list)  # the final red-flag grade of each joint
 
 
 def make_peripherals(sim: SimulatedSession, *, realtime: bool, speed: float = 1.0,
@@ -135,4 +136,5 @@ def run_session(sim: SimulatedSession, mqtt: MqttSettings, sink: ResultSink, ses
         pipelines=service.pipelines,
         events=events,
         wall_s=time.monotonic() - t_start,
+        grades=[g for g in service.grades if g.final],
     )

@@ -58,6 +58,10 @@ def test_demo_with_the_pure_python_broker(tmp_path):
     assert summary.results_path.exists()
     text = summary.text()
     assert "4 found / 4 injected, 0 false, 0 missed" in text
+    # The final grade with its reasons and the not-a-diagnosis wording, the same grade the live view got.
+    assert [g.grade for g in run.grades] == [g["grade"] for g in seen["grades"]]
+    assert f"grade      {summary.sim.joint}: {run.grades[0].grade.upper()}" in text
+    assert "pain and swelling were not reported" in text and "not a diagnosis" in text
 
 
 def test_demo_command_prints_the_summary(tmp_path):
