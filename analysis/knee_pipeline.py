@@ -159,7 +159,8 @@ class KneePipeline:
                 "clicks_per_min": round(clicks / minutes, 3) if minutes > 0 else 0.0}
 
     def _on_imu(self, sensor: str, frame: Frame) -> None:
-        self._sounds.on_imu(sensor, frame.sample_times_ns(), frame.physical()[:, :3], self.last_flexion_deg)
+        data, t_ns = frame.physical(), frame.sample_times_ns()  # once per frame: both consumers below share them
+        self._sounds.on_imu(sensor, t_ns, data[:, :3], self.last_flexion_deg)
         kind = self.key.joint.rsplit("_", 1)[-1]
         if sensor not in JOINT_SENSORS.get(kind, ()):
             self.counters["imu_unknown_segment"] += 1
@@ -168,8 +169,7 @@ class KneePipeline:
             side_joint = self.key.joint if self.key.joint.split("_", 1)[0] in ("left", "right") else f"left_{kind}"
             self._angles = (KneeAngles(frame.rate_hz, side_joint) if kind == "knee"
                             else ShoulderAngles(frame.rate_hz, side_joint))
-        data = frame.physical()
-        imu = ImuChunk(sensor, frame.sample_times_ns(), data[:, :3], data[:, 3:])
+        imu = ImuChunk(sensor, t_ns, data[:, :3], data[:, 3:])
         if self._stream_origin_ns is None and sensor == JOINT_SENSORS[kind][0]:
             self._stream_origin_ns = frame.t0_ns - round(frame.first_index * 1e9 / frame.rate_hz)
         self._kin.update_imu(sensor, imu.t_ns, imu.accel_g, imu.gyro_dps)  # every chunk, before its angles
