@@ -92,7 +92,7 @@ def test_mqtt_password_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
 def test_influx_defaults_and_v1() -> None:
     s = InfluxSettings()
     assert (s.url, s.api, s.database, s.org, s.batch_size, s.flush_interval_s) == (
-        "http://127.0.0.1:8086", "v2", "jointmon", "jointmon", 5000, 1.0)
+        "http://127.0.0.1:8086", "v2", "jointmon", "jointmon", 5000, 0.1)
     v1 = InfluxSettings(url="https://influx.example.org:8086", api="v1", database="lab", username="u")
     assert (v1.api, v1.database, v1.username) == ("v1", "lab", "u")
 
