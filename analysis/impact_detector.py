@@ -2,8 +2,11 @@
 
 An impact shakes every sensor on the limb within a sample or two; a joint sound does not (a tendon snap's
 jerk is a few tenths of g). The jump ``|a[n] - a[n-1]|`` (g per sample at the IMU rate) needs no filter
-state beyond the previous sample, so it is exactly streaming. Microphone transients near an impact are
-the impact's crack and thud, not joint sounds: :class:`ImpactDetector` answers "was there an impact near t".
+state beyond the previous sample, so it is exactly streaming. An impact is the stretch from its first jump to
+its last (the limb rings for 25-35 ms, jumps on every sensor), and its sound comes first: the crack and the
+start of the thud precede the IMU's largest jumps by up to ~25 ms (the shock peaks ~12 ms after contact).
+Microphone transients inside that stretch, widened by the settings below, are the impact's crack and thud,
+not joint sounds: :class:`ImpactDetector` answers "was there an impact at t".
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import numpy as np
 @dataclass(frozen=True)
 class ImpactSettings:
     jump_g: float = 1.2  # accelerometer jump per sample (g) that marks an impact (snap jerks <= ~0.7 g)
-    veto_before_s: float = 0.030  # a sound this long before the impact is still the impact (clock jitter), s
-    veto_after_s: float = 0.100  # ... and this long after (crack, mid resonance, start of the thud), s
-    # low-band candidates: the thud's peak frame (16 ms) comes within ~25 ms of the jump; a snap 100 ms later stays, s
-    thud_after_s: float = 0.050
+    merge_s: float = 0.060  # jumps closer than this to the impact's last one belong to it, s
+    veto_before_s: float = 0.030  # a sound this long before the impact's first jump is the impact still, s
+    veto_after_s: float = 0.070  # ... and this long after its last jump (high band: crack, mid resonance), s
+    # Low band: the thud's peak frames come before the last jump + ~10 ms (ss: 4 of ~1000 later), while a tendon
+    # snapping in the stance right after a foot strike thumps 20-60 ms after it (running), s.
+    thud_after_s: float = 0.015
     keep_s: float = 5.0  # impact history kept for late queries, s
 
 
@@ -30,7 +35,7 @@ class ImpactDetector:
     def __init__(self, settings: ImpactSettings | None = None) -> None:
         self.settings = settings or ImpactSettings()
         self._last: dict[str, np.ndarray] = {}
-        self._times: deque[int] = deque()
+        self._spans: deque[list[int]] = deque()  # impacts: [first jump, last jump] (ns)
         self.count = 0
 
     def update(self, sensor: str, t_ns: np.ndarray, accel_g: np.ndarray) -> None:
@@ -42,33 +47,35 @@ class ImpactDetector:
         jump = np.linalg.norm(np.diff(np.concatenate((prev, a)), axis=0), axis=1)
         self._last[sensor] = a[-1:]
         hits = np.flatnonzero(np.nan_to_num(jump, nan=0.0) >= self.settings.jump_g)
-        gap = round(self.settings.veto_after_s * 1e9)
+        merge = round(self.settings.merge_s * 1e9)
         for i in hits:  # a few per impact
             t = int(t_ns[i])
-            if not self._times or abs(t - self._times[-1]) > gap:
-                self._times.append(t)
+            # Sensors' frames come in any order: a jump may fall before or inside a known impact.
+            span = next((sp for sp in reversed(self._spans) if sp[0] - merge <= t <= sp[1] + merge), None)
+            if span is None:
+                self._spans.append([t, t])
                 self.count += 1
+            else:
+                span[0], span[1] = min(span[0], t), max(span[1], t)
         horizon = int(t_ns[-1]) - round(self.settings.keep_s * 1e9)
-        while self._times and self._times[0] < horizon:
-            self._times.popleft()
+        while self._spans and self._spans[0][1] < horizon:
+            self._spans.popleft()
 
     def near(self, t_ns: int, low_band: bool = False) -> bool:
-        """Whether an impact happened between ``veto_after_s`` (``thud_after_s`` for ``low_band``) before and
-        ``veto_before_s`` after ``t_ns``."""
+        """Whether ``t_ns`` lies from ``veto_before_s`` before an impact's first jump to ``veto_after_s``
+        (``thud_after_s`` for ``low_band``) after its last one."""
         s = self.settings
-        after = s.thud_after_s if low_band else s.veto_after_s
-        lo, hi = t_ns - round(after * 1e9), t_ns + round(s.veto_before_s * 1e9)
-        return any(lo <= t <= hi for t in self._times)
+        before, after = round(s.veto_before_s * 1e9), round((s.thud_after_s if low_band else s.veto_after_s) * 1e9)
+        return any(sp[0] - before <= t_ns <= sp[1] + after for sp in self._spans)
 
     def between(self, t0_ns: int, t1_ns: int, gait_s: float | None = None) -> bool:
-        """Whether an impact happened in ``(t0_ns, t1_ns]`` (wall-clock ns); with ``gait_s``, only an impact that
-        came within ``gait_s`` (s) after the one before it counts (foot strikes of a gait, not an isolated
+        """Whether an impact began in ``(t0_ns, t1_ns]`` (wall-clock ns); with ``gait_s``, only an impact that
+        began within ``gait_s`` (s) after the one before it counts (foot strikes of a gait, not an isolated
         landing)."""
-        if gait_s is None:
-            return any(t0_ns < t <= t1_ns for t in self._times)
-        gap = round(gait_s * 1e9)
-        times = list(self._times)
-        return any(t0_ns < t <= t1_ns and i > 0 and t - times[i - 1] <= gap for i, t in enumerate(times))
+        spans = list(self._spans)
+        gap = None if gait_s is None else round(gait_s * 1e9)
+        return any(t0_ns < sp[0] <= t1_ns and (gap is None or i > 0 and sp[0] - spans[i - 1][0] <= gap)
+                   for i, sp in enumerate(spans))
 
     def latest_ns(self) -> int | None:
-        return self._times[-1] if self._times else None
+        return self._spans[-1][0] if self._spans else None

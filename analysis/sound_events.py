@@ -126,6 +126,14 @@ class SoundSettings:
     snap_ring_bg_s: float = 1.0
     snap_jerk_min_db: float = 5.0
     snap_jerk_max_width_s: float = 0.064
+    # One tendon snaps at one angle, on one crossing direction, rep after rep (+-1-2 deg). A thump of
+    # ``snap_angle_min_db`` (any microphone, up to ``snap_jerk_max_width_s`` wide) within ``snap_angle_deg`` of
+    # an earlier decided snap's angle, same direction, is a snap, even with a burst up to ``snap_angle_burst_db``
+    # louder at the same instant (crepitus grinding over the snap's angle; ss + alternate set: +90 thumps at 12 dB,
+    # 6 others).
+    snap_angle_deg: float = 2.0
+    snap_angle_min_db: float = 12.0
+    snap_angle_burst_db: float = 9.0
     # A cavitation click is one sharp, loud, broadband (2-6 kHz) event; the bursts of a crepitus train are small,
     # 0.4-3 kHz and alike. So a burst "stands out" from the trains of the last ``zone_keep_s`` (and the open
     # one) when it is ``standout_db`` louder than their 90th level percentile and its high-frequency fraction is
@@ -182,6 +190,7 @@ class SoundTracker:
         self.vetoed = 0
         self._last_snap_ns = -(2**62)
         self._thumps: deque[tuple[int, float, float]] = deque()  # earlier low-band thumps: (t_ns, angle, direction)
+        self._snap_angles: deque[tuple[int, float, float]] = deque()  # decided snaps: (t_ns, angle, direction)
         self._trains: deque[tuple[int, float, float]] = deque()  # confirmed trains: (t_ns, lowest, highest angle)
         self._armed = True  # a new crepitus train may be reported
         self._reported: tuple[int, float, float] = (-(2**62), float("nan"), 0.0)  # last report: t_ns, angle, direction
@@ -342,10 +351,13 @@ class SoundTracker:
                 self._burst_times.popleft()
             lo, hi = -round(s.thump_burst_before_s * 1e9), round(s.thump_burst_after_s * 1e9)
             best = max(same, key=lambda c: c.tr.level_db)
-            if any(lo <= b - first.t_ns <= hi and lvl > best.tr.level_db + s.thump_hidden_db
-                   for b, lvl in self._burst_times):
-                continue  # broadband: the low end of a louder click or crepitus burst, not a thump of its own
             angle, direction = self.angle_at(first.t_ns), self._direction(first.t_ns)
+            wide = [c for c in same if c.tr.width_s <= s.snap_jerk_max_width_s]
+            wide_db = max((c.tr.level_db for c in wide), default=-np.inf)
+            at_snap = wide_db >= s.snap_angle_min_db and self._at_snap_angle(first.t_ns, angle, direction)
+            burst_db = max((lvl for b, lvl in self._burst_times if lo <= b - first.t_ns <= hi), default=-np.inf)
+            if burst_db > best.tr.level_db + (s.snap_angle_burst_db if at_snap else s.thump_hidden_db):
+                continue  # broadband: the low end of a louder click or crepitus burst, not a thump of its own
             recur = self._recurs(first.t_ns, angle, direction)
             if np.isfinite(angle) and best.tr.level_db >= s.snap_recur_min_db:
                 self._thumps.append((first.t_ns, angle, direction))
@@ -366,24 +378,36 @@ class SoundTracker:
                 both = len({c.sensor for c in narrow}) >= min(2, len(self._mic_names))
                 ok = lvl >= s.snap_one_mic_db or both and (lvl >= s.classifier.snap_min_db
                                                            or recur and lvl >= s.snap_recur_min_db)
-            if not ok and felt:
-                wide = [c for c in same if c.tr.width_s <= s.snap_jerk_max_width_s]
-                if wide and max(c.tr.level_db for c in wide) >= s.snap_jerk_min_db:
-                    ok, heard = True, wide
-                    best = max(wide, key=lambda c: c.tr.level_db)
+            if not ok and (at_snap or felt and wide_db >= s.snap_jerk_min_db):
+                ok, heard = True, wide
+                best = max(wide, key=lambda c: c.tr.level_db)
             if not ok:
                 continue
             if first.t_ns - self._last_snap_ns < round(s.snap_refractory_s * 1e9):
                 continue
             self._last_snap_ns = first.t_ns
+            if np.isfinite(angle) and direction != 0.0:
+                self._snap_angles.append((first.t_ns, angle, direction))
+            while self._snap_angles and self._snap_angles[0][0] < first.t_ns - round(s.zone_keep_s * 1e9):
+                self._snap_angles.popleft()
             conf = snap_confidence(best.tr, s.classifier)
             if recur:  # heard at this angle on an earlier crossing: the repetition is evidence too
                 conf = max(conf, logistic(1.0))
             if felt:  # felt as well as heard
                 conf = max(conf, logistic(1.5))
             out.append(self._event("snap", first, best, conf, {"sensors": len({c.sensor for c in heard}),
-                                                                "recurring": recur, "felt": felt}))
+                                                                "recurring": recur or at_snap, "felt": felt}))
         return out
+
+    def _at_snap_angle(self, t_ns: int, angle: float, direction: float) -> bool:
+        """Whether an earlier decided snap (``snap_recur_gap_s`` or more before) was at ``angle`` (+-``snap_angle_deg``)
+        on the same crossing direction."""
+        s = self.settings
+        if not np.isfinite(angle) or direction == 0.0:
+            return False
+        gap = round(s.snap_recur_gap_s * 1e9)
+        return any(t_ns - t >= gap and d == direction and abs(a - angle) <= s.snap_angle_deg
+                   for t, a, d in self._snap_angles)
 
     def _snap_felt(self, t_ns: int) -> bool:
         """Whether a sensor rang like a snapping tendon right after a thump at ``t_ns``, clearly above its usual
