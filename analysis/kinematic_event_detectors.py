@@ -16,8 +16,9 @@ results do not depend on how the stream is cut into chunks.
 
 Latency: valgus events come out when the episode is confirmed (``min_duration_s`` above the threshold, ~0.14 s
 after the onset), with the magnitude known then; the rep's final peak valgus and FPPA come with its "rep" event.
-Instability events come out ~0.3 s after the onset (look-ahead for the flexion surge); reps and range locking
-when the rep ends; extension locks after ``lock_hold_s``.
+Instability events come out once the flexion surge is there, at least ``impact_after_s`` after the onset (the
+landing veto's window), ~0.15 s; reps when the rep ends; range locking at the rep's turning point (once the joint
+is ``turn_drop_deg`` back from its peak); extension locks after ``lock_hold_s``.
 
 Jumps: a landing absorption that follows a ballistic flight (every IMU below ``free_fall_g``) within
 ``jump_gap_s`` of the previous excursion is part of that jump's rep: no rep of its own, no range judgement (a
@@ -34,7 +35,7 @@ import numpy as np
 from analysis.imu_context import ImuContext
 from analysis.instability_detector import InstabilityDetector, InstabilitySettings
 from analysis.kinematic_event import KinematicEvent
-from analysis.rep_counter import SHOULDER_REPS, Rep, RepCounter, RepSettings
+from analysis.rep_counter import SHOULDER_REPS, Rep, RepCounter, RepSettings, Turn
 from analysis.rom_tracker import RomSettings, RomTracker
 from analysis.valgus_detector import ValgusDetector, ValgusSettings
 
@@ -96,7 +97,10 @@ class KinematicEvents:
             assert self.valgus is not None and self.instability is not None
             out += self.valgus.update(t_ns, f, a, r)
             if "rotation_deg" in angles:
-                out += self.instability.update(t_ns, f, r)
+                gave_way = self.instability.update(t_ns, f, r)
+                for ev in gave_way:  # its collapse, hold and recovery are not locking
+                    self.rom.note_giving_way(ev.t_ns)
+                out += gave_way
         drive = np.asarray(angles[self.driving_angle], float)
         reps = self.reps_counter.update(t_ns, drive)
         rc = self.reps_counter
@@ -108,15 +112,23 @@ class KinematicEvents:
             out += self.rom.update(t_all, x_all)
         else:
             self._pre.append((t_ns, drive))
-        for rep in reps:
-            if self._is_landing(rep):
+        # Turning points (range judged there) and completed reps, in the order they happened: a rep's turn comes
+        # before its end, and the previous rep's end (what a landing is judged against) before both.
+        steps: list[Rep | Turn] = [*reps, *rc.take_turns()]
+        for step in sorted(steps, key=lambda x: x.t_seen_ns if isinstance(x, Turn) else x.t_end_ns):
+            if isinstance(step, Turn):
+                if not self._is_landing(step.t_start_ns):  # a landing absorption is no restricted rep
+                    out += self.rom.on_turn(step, len(self.reps) + 1)
+                continue
+            rep = step
+            if self._is_landing(rep.t_start_ns):
                 self._last_end_ns = rep.t_end_ns
                 self.landings_merged += 1
                 continue
             self._last_end_ns = rep.t_end_ns
             rep = replace(rep, index=len(self.reps) + 1)
             self.reps.append(rep)
-            out += self.rom.on_rep(rep, float(rc.excursion(np.array([rep.peak_flexion_deg]))[0]))
+            self.rom.on_rep(rep, float(rc.excursion(np.array([rep.peak_flexion_deg]))[0]))
             if self.settings.emit_reps:
                 out.append(self._rep_event(rep))
         # IMU no detector looks at any more: older than every look-back window and than the last excursion's end
@@ -139,12 +151,13 @@ class KinematicEvents:
         self.valgus.merge_until(scan.merge_horizon_ns())
         return [replace(ev, details={**ev.details, "backfilled": True}) for ev in found]
 
-    def _is_landing(self, rep: Rep) -> bool:
-        """True when ``rep`` is the landing absorption after a jump (flight since the previous excursion)."""
+    def _is_landing(self, t_start_ns: int) -> bool:
+        """True when the excursion starting at ``t_start_ns`` is the landing absorption after a jump (flight since
+        the previous excursion)."""
         s = self.settings
-        if self._last_end_ns is None or rep.t_start_ns - self._last_end_ns > s.jump_gap_s * 1e9:
+        if self._last_end_ns is None or t_start_ns - self._last_end_ns > s.jump_gap_s * 1e9:
             return False
-        return self.imu.free_fall_s(self._last_end_ns, rep.t_start_ns, s.free_fall_g) >= s.flight_min_s
+        return self.imu.free_fall_s(self._last_end_ns, t_start_ns, s.free_fall_g) >= s.flight_min_s
 
     def _rep_event(self, rep: Rep) -> KinematicEvent:
         details: dict[str, float | int | None] = {

@@ -7,6 +7,11 @@ works on the excursion ``x = direction * (angle - rest_deg)``: a rep starts when
 ends when it falls back below ``end_deg``. For the knee ``rest_deg = 0`` and ``direction = +1``; for a shoulder
 both are learned (``rest_deg=None``: the median of the first ``rest_window_s`` of known (finite) angles;
 ``direction=0``: the sign of the first excursion beyond ``start_deg``).
+
+Turning points: while a rep is under way, once the rep has lasted ``min_duration_s`` (it is a rep, not a
+stumble) and its excursion lies ``turn_drop_deg`` below its running peak, the rep has turned back: the counter
+records a :class:`Turn` (rep start, time and excursion of the peak so far) in :attr:`RepCounter.turns`, so that the
+rep's range can be judged then rather than when the rep ends.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ class RepSettings:
     rest_deg: float | None = 0.0  # rest value of the driving angle (deg); None: learned from the first samples
     direction: int = 1  # +1: reps raise the angle, -1: they lower it, 0: learned from the first excursion
     rest_window_s: float = 0.5  # the rest value is the median of the first this-many seconds (rest_deg=None)
+    turn_drop_deg: float = 3.0  # a rep has turned back once its excursion falls this far below its peak, deg
+    turn_band_deg: float = 0.5  # ... and it turned when it last was this close to its peak, deg (angle noise ~0.1-0.3
+    # deg; a smooth minimum-jerk reversal leaves this band ~0.05-0.08 s after its velocity changed sign)
 
 
 SHOULDER_REPS = RepSettings(start_deg=40.0, end_deg=20.0, rest_deg=None, direction=0)
@@ -41,6 +49,17 @@ class Rep:
     rom_deg: float = math.nan  # range of motion: |peak - min_flexion_deg|, deg
 
 
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A rep in progress that has turned back: its start, the time it left its peak and the peak's excursion (deg
+    from rest, positive into the rep), and the sample (time) at which the turn became evident. Times in ns."""
+
+    t_start_ns: int
+    t_turn_ns: int  # the end of the dwell at the peak: the last sample within turn_band_deg of it
+    peak_excursion_deg: float
+    t_seen_ns: int
+
+
 @dataclass
 class RepCounter:
     settings: RepSettings = field(default_factory=RepSettings)
@@ -52,6 +71,9 @@ class RepCounter:
         self._peak = -np.inf  # in excursion units
         self._peak_t = 0
         self._min = np.inf  # in excursion units
+        self._turned = False  # the rep under way has turned back (a Turn was recorded)
+        self._near_t = 0  # last time (ns) the rep under way was within turn_band_deg of its running peak
+        self.turns: list[Turn] = []  # turning points found, for the caller to take (``take_turns``)
         self.count = 0
         self.rest_deg: float | None = s.rest_deg
         self.direction = s.direction
@@ -84,6 +106,11 @@ class RepCounter:
             return self._update(t_all, self.excursion(x_all))
         return self._update(np.asarray(t_ns, np.int64), self.excursion(flexion_deg))
 
+    def take_turns(self) -> list[Turn]:
+        """The turning points found since the last call, in time order (see the module docstring)."""
+        out, self.turns = self.turns, []
+        return out
+
     def _learn(self, t: np.ndarray, x: np.ndarray) -> bool:
         s = self.settings
         if self.rest_deg is None:
@@ -112,12 +139,14 @@ class RepCounter:
                     self._min = min(self._min, float(x[i:j].min()))
                 if not hits.size:
                     break
-                self._down, self._start, self._peak = True, int(t_ns[j]), -np.inf
+                self._down, self._start, self._peak, self._turned = True, int(t_ns[j]), -np.inf, False
                 i = j
             else:
                 hits = np.flatnonzero(x[i:] < s.end_deg)
                 j = i + int(hits[0]) if hits.size else n
                 seg = x[i:j]
+                if seg.size and not self._turned:
+                    self._find_turn(t_ns[i:j], seg)
                 if seg.size and seg.max() > self._peak:
                     k = int(seg.argmax())
                     self._peak, self._peak_t = float(seg[k]), int(t_ns[i + k])
@@ -132,3 +161,23 @@ class RepCounter:
                 self._min = np.inf
                 i = j
         return reps
+
+    def _find_turn(self, t_ns: np.ndarray, seg: np.ndarray) -> None:
+        """Record the rep's turning point at the first sample of ``seg`` (excursion samples of the rep under way,
+        times ``t_ns``) that lies ``turn_drop_deg`` below the rep's running peak once the rep has lasted
+        ``min_duration_s`` (a shorter excursion is no rep). The turn's time is the end of the dwell at the peak:
+        the last sample within ``turn_band_deg`` of it (a hold at the top is not over until the joint leaves it)."""
+        s = self.settings
+        run_peak = np.maximum.accumulate(np.concatenate(([self._peak], seg)))[1:]
+        turned = (seg < run_peak - s.turn_drop_deg) & (t_ns >= self._start + s.min_duration_s * 1e9)
+        near = np.flatnonzero(seg >= run_peak - s.turn_band_deg)
+        if not turned.any():
+            if near.size:
+                self._near_t = int(t_ns[near[-1]])
+            return
+        k = int(np.argmax(turned))
+        near = near[near < k]
+        t_near = int(t_ns[near[-1]]) if near.size else self._near_t
+        peak = float(run_peak[k])
+        self._turned = True
+        self.turns.append(Turn(self._start, t_near, peak, int(t_ns[k])))

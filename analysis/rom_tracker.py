@@ -2,16 +2,26 @@
 
 Works on the driving angle's excursion from rest (deg, see :class:`analysis.rep_counter.RepCounter`): knee
 flexion, or shoulder elevation turned so that reps are positive. Two signs, both measured against the athlete's
-own usual motion in the session, never a population norm:
+own usual motion in the session, never a population norm. Each event's time is the moment the restriction is
+evident in the motion itself - where the joint stopped or turned back short - and it is reported as soon as
+that can be told from a normal movement:
 
-* **Extension lock** (the knee will not straighten): after coming up from a rep the joint stays still
-  (|rate| < ``plateau_rate_dps``) for ``lock_hold_s`` at ``lock_min_deg`` or more above the usual rest
-  excursion, and at least ``lock_below_peak_deg`` below the rep's peak (a bottom hold is not a lock). Event at
-  the start of the plateau, magnitude = degrees short of the usual extension.
-* **Restricted range**: a completed rep whose peak excursion falls ``range_short_deg`` below the median of the
-  previous reps (``range_history`` of them, at least ``range_min_reps``) and ``range_short_min_deg``
-  below each of them (so alternating reps, e.g. a jump squat's countermovement and its landing absorption, are
-  not restricted). Event at the rep's peak, magnitude = degrees short of the usual peak.
+* **Extension lock** (the knee will not straighten): after coming up from a rep the joint stops
+  (|rate| < ``plateau_rate_dps``) at ``lock_min_deg`` or more above the usual rest excursion and at least
+  ``lock_below_peak_deg`` below the rep's peak (a bottom hold is not a lock). Event time: the start of that
+  plateau (where the ascent stopped short); reported once the joint has stayed there for ``lock_hold_s``. A
+  normal ascent passes the level ``lock_min_deg`` above rest at 50-100 deg/s and only comes to rest inside
+  ``rest_band_deg``, so a short hold separates the two. Magnitude = degrees short of the usual extension.
+* **Restricted range**: a rep whose peak excursion falls ``range_short_deg`` below the median of the previous
+  reps (``range_history`` of them, at least ``range_min_reps``) and ``range_short_min_deg`` below each of them
+  (so alternating reps, e.g. a jump squat's countermovement and its landing absorption, are not restricted).
+  Judged at the rep's turning point (:class:`analysis.rep_counter.Turn`: the joint is ``turn_drop_deg`` back
+  from its peak, ~0.1-0.2 s after the turn); event time: the turn, i.e. the end of the dwell at the peak (a hold
+  at the top is not over, and the range not yet known, until the joint leaves it). Magnitude = degrees short of
+  the usual peak.
+
+Neither is reported within a giving way's collapse, hold and recovery (:meth:`RomTracker.note_giving_way`): the
+knee then stops and turns back short for another reason, already reported as instability.
 """
 
 from __future__ import annotations
@@ -21,18 +31,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.kinematic_event import KinematicEvent
-from analysis.rep_counter import Rep
+from analysis.rep_counter import Rep, Turn
 from analysis.stream_filters import DelayLine, SavgolStream
 
 
 @dataclass(frozen=True)
 class RomSettings:
     rate_hz: float = 200.0  # nominal sample rate of the angle stream, Hz
-    smooth_window_s: float = 0.105  # Savitzky-Golay window (order 2) for the angle and its rate, s
+    smooth_window_s: float = 0.055  # Savitzky-Golay window (order 2) for the angle and its rate, s (delay: half)
     plateau_rate_dps: float = 8.0  # a joint moving slower than this is still, deg/s
     lock_min_deg: float = 10.0  # a still joint this far beyond its usual rest posture is locked, deg
     lock_below_peak_deg: float = 15.0  # ... if this far below the rep's peak (not a bottom hold), deg
-    lock_hold_s: float = 0.6  # ... for this long, s
+    lock_hold_s: float = 0.1  # ... for this long, s (standard sets: no false lock at 0.1, recall 0.83 at 0.6)
     rest_band_deg: float = 8.0  # still samples this close to the usual rest update it, deg
     rest_tau_s: float = 2.0  # time constant of the usual-rest estimate, s of still rest
     range_short_deg: float = 15.0  # a rep peaking this far below the usual peak is restricted, deg (depth varies
@@ -40,6 +50,11 @@ class RomSettings:
     range_short_min_deg: float = 5.0  # ... and this far below every recent normal rep, deg
     range_history: int = 6  # number of recent reps forming the usual peak
     range_min_reps: int = 2  # reps needed before range is judged
+    # A giving way (instability event) is a collapse (0.1-0.3 s), a hold and a recovery (up to ~1.5 s): neither its
+    # hold nor its turning points are locking. No locking is reported from this long before its onset to this long
+    # after it, s.
+    giving_way_before_s: float = 0.5
+    giving_way_s: float = 2.0
 
 
 class RomTracker:
@@ -62,6 +77,7 @@ class RomTracker:
         self._run_n = 0
         self.normal_peaks: list[float] = []  # peak excursions of the recent reps (deg)
         self.rom_deg: list[float] = []  # ROM per rep (deg)
+        self._giving_way_ns = np.iinfo(np.int64).min // 2  # onset of the latest giving-way episode (ns)
 
     def update(self, t_ns: np.ndarray, excursion_deg: np.ndarray) -> list[KinematicEvent]:
         s = self.settings
@@ -106,25 +122,45 @@ class RomTracker:
             if not self._locked and self._run_n >= self._hold_n and self._run_start_ns is not None:
                 self._locked = True
                 short = self._run_level - self.rest_exc_deg
+                if self._after_giving_way(self._run_start_ns):
+                    continue
                 out.append(KinematicEvent("locking", self._run_start_ns, short,
                                           float(np.clip(0.5 + short / 40.0, 0.5, 0.95)),
                                           {"kind": "extension", "short_deg": round(short, 1),
                                            "hold_s": s.lock_hold_s}))
         return out
 
-    def on_rep(self, rep: Rep, peak_excursion_deg: float) -> list[KinematicEvent]:
-        """Judge a completed rep's range (``peak_excursion_deg``: its peak excursion from rest, deg)."""
+    def note_giving_way(self, t_onset_ns: int) -> None:
+        """A giving-way episode began at ``t_onset_ns``: its collapse, hold and recovery are no locking."""
+        self._giving_way_ns = max(self._giving_way_ns, int(t_onset_ns))
+
+    def _after_giving_way(self, t_ns: int) -> bool:
         s = self.settings
-        self.rom_deg.append(rep.rom_deg)
-        out: list[KinematicEvent] = []
+        return self._giving_way_ns - s.giving_way_before_s * 1e9 <= t_ns <= self._giving_way_ns + s.giving_way_s * 1e9
+
+    def on_turn(self, turn: Turn, rep_index: int) -> list[KinematicEvent]:
+        """Judge the range of the rep under way (number ``rep_index``) at its turning point: ``turn`` from
+        :meth:`analysis.rep_counter.RepCounter.take_turns` (peak excursion from rest, deg). The event's time is the
+        turning point, the rep's peak: where the joint turned back short of its usual range."""
+        s = self.settings
         prev = self.normal_peaks[-s.range_history:]
-        if len(prev) >= s.range_min_reps:
-            usual = float(np.median(prev))
-            short = usual - peak_excursion_deg
-            if short > s.range_short_deg and peak_excursion_deg < min(prev) - s.range_short_min_deg:
-                conf = float(np.clip(0.5 + short / 40.0, 0.5, 0.95))
-                out.append(KinematicEvent("locking", rep.t_peak_ns, short, conf,
-                                          {"kind": "range", "short_deg": round(short, 1), "rep": rep.index,
-                                           "usual_peak_excursion_deg": round(usual, 1)}))
-        self.normal_peaks = (self.normal_peaks + [peak_excursion_deg])[-s.range_history:]
-        return out
+        if len(prev) < s.range_min_reps:
+            return []
+        usual = float(np.median(prev))
+        peak = turn.peak_excursion_deg
+        short = usual - peak
+        if short <= s.range_short_deg or peak >= min(prev) - s.range_short_min_deg:
+            return []
+        conf = float(np.clip(0.5 + short / 40.0, 0.5, 0.95))
+        if self._after_giving_way(turn.t_turn_ns):
+            return []
+        return [KinematicEvent("locking", turn.t_turn_ns, short, conf,
+                               {"kind": "range", "short_deg": round(short, 1), "rep": rep_index,
+                                "usual_peak_excursion_deg": round(usual, 1),
+                                "decided_after_s": round((turn.t_seen_ns - turn.t_turn_ns) / 1e9, 3)})]
+
+    def on_rep(self, rep: Rep, peak_excursion_deg: float) -> None:
+        """Record a completed rep's ROM and peak excursion from rest (deg): the usual range later reps are judged
+        against (their range is judged at their turning point, :meth:`on_turn`)."""
+        self.rom_deg.append(rep.rom_deg)
+        self.normal_peaks = (self.normal_peaks + [peak_excursion_deg])[-self.settings.range_history:]

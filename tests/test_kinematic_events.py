@@ -51,6 +51,21 @@ def of(events: list, kind: str) -> list:
     return [e for e in events if e.type == kind]
 
 
+def decision_lags(kind: str, t: np.ndarray, angles: dict[str, np.ndarray], event: str,
+                  imu: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list[tuple[object, float]]:
+    """``(event, lag s)`` for each ``event`` of a run in 50 ms frames: the lag to the end of the frame that emitted
+    it (what a real-time subscriber sees, less transport)."""
+    kin = KinematicEvents(kind, "left")
+    t_ns = np.round(t * 1e9).astype(np.int64)
+    out = []
+    for i in range(0, t.size, 10):
+        for name, (acc, gyr) in (imu or {}).items():
+            kin.update_imu(name, t_ns[i:i + 10], acc[i:i + 10], gyr[i:i + 10])
+        for e in of(kin.update_angles(t_ns[i:i + 10], {k: v[i:i + 10] for k, v in angles.items()}), event):
+            out.append((e, (t_ns[min(i + 9, t.size - 1)] - e.t_ns) / 1e9))
+    return out
+
+
 # ---------------------------------------------------------------- instability
 
 
@@ -75,6 +90,25 @@ def test_controlled_fast_squat_is_not_instability_but_giving_way_is():
     assert ev[0].magnitude > 15.0
 
 
+def test_giving_way_is_decided_within_200ms_of_its_onset_and_is_not_locking():
+    t = np.arange(0, 16, 1 / RATE)
+    base = min_jerk(squats(4), t)
+    extra_f, extra_r = giving_way(t, 12.0)  # from standing, between two squats: collapse, hold, recovery
+    ang = knee_angles(t, base + extra_f)
+    ang["rotation_deg"] = ang["rotation_deg"] + extra_r
+    acc = np.tile([0.0, 0.0, 1.0], (t.size, 1))
+    imu = {"shank": (acc, np.zeros((t.size, 3))), "thigh": (acc, np.zeros((t.size, 3)))}
+    found = decision_lags("knee", t, ang, "instability", imu)
+    assert len(found) == 1
+    ev, lag = found[0]
+    assert abs(ev.t_ns / 1e9 - 12.0) < 0.05
+    # Confirmed as soon as the surge is there and the landing veto's window has passed, not after a fixed look-ahead.
+    assert 0.1 <= ev.details["decided_after_s"] < 0.15 and lag < 0.2, (ev.details, lag)
+    assert 8.0 <= ev.magnitude < 30.0  # the extra flexion reached when decided: a lower bound of the drop
+    # The collapse's hold (still, 30 deg flexed) and its recovery are not an extension lock nor a restricted rep.
+    assert of(run("knee", t, ang, imu=imu), "locking") == []
+
+
 def test_collapse_without_rotational_jerk_is_not_instability():
     t = np.arange(0, 8, 1 / RATE)
     extra_f, _ = giving_way(t, 4.0)
@@ -96,6 +130,13 @@ def test_jump_landing_is_not_instability():
     assert of(run("knee", t, ang, imu=imu), "instability") == []
     # The same recording without the IMU (no impact veto) would be fooled: the veto is what protects it.
     assert len(of(run("knee", t, ang), "instability")) == 1
+    # A giving way at that landing twists the tibia for good (10 deg, held): not a wobble, not vetoed.
+    extra_f, extra_r = giving_way(t, 3.31)
+    ang = knee_angles(t, f + extra_f)
+    ang["rotation_deg"] = ang["rotation_deg"] + extra_r + 6.0 * np.exp(-(((t - 3.31) / 0.015) ** 2))
+    ev = of(run("knee", t, ang, imu=imu), "instability")
+    assert len(ev) == 1 and abs(ev[0].t_ns / 1e9 - 3.31) < 0.1, ev
+    assert ev[0].details["impact_g"] == pytest.approx(10.0, abs=0.1) and ev[0].details["twist_deg"] > 4.0
 
 
 # ---------------------------------------------------------------- valgus
@@ -208,6 +249,38 @@ def test_rep_that_stops_short_of_extension_is_locking():
     assert 10.2 < lock[0].t_ns / 1e9 < 11.9
     assert lock[0].magnitude == pytest.approx(20.0, abs=2.0)
     assert len(of(ev, "rep")) == 4
+
+
+def test_locking_comes_out_soon_after_the_joint_stops_or_turns_short():
+    t = np.arange(0, 24, 1 / RATE)
+    # Squats to 100 deg with a 0.2 s bottom hold; the 4th turns back at 70 deg after a 0.4 s hold at the bottom,
+    # the 5th stops 20 deg short of extension for 1.5 s.
+    keys, tt = [(0.0, 0.0)], 1.5
+    for depth, top, hold in [(100, 0, 0.2), (98, 0, 0.2), (101, 0, 0.2), (70, 0, 0.4), (100, 20, 0.2), (99, 0, 0.2)]:
+        keys += [(tt, 0.0), (tt + 1.0, depth), (tt + 1.0 + hold, depth), (tt + 1.9 + hold, top)]
+        tt += 1.9 + hold
+        if top:
+            keys += [(tt + 1.5, top), (tt + 1.9, 0.0)]
+            tt += 1.9
+        tt += 1.0
+    f = min_jerk(keys, t)
+    found = decision_lags("knee", t, knee_angles(t, f), "locking")
+    assert [e.details["kind"] for e, _ in found] == ["range", "extension"], found
+    (rng, rng_lag), (ext, ext_lag) = found
+    # Range: the time is the turn, the end of the 0.4 s bottom hold (12.2 s; the joint leaves the 0.5 deg band
+    # around its peak 0.09 s later on this minimum-jerk path), not its start; decided within 0.25 s of the hold's end.
+    t_hold_end = 1.5 + 3 * 3.1 + 1.0 + 0.4
+    assert 0.0 < rng.t_ns / 1e9 - t_hold_end < 0.1, rng.t_ns / 1e9
+    assert rng.magnitude == pytest.approx(30.0, abs=2.0), rng.details
+    assert rng_lag + (rng.t_ns / 1e9 - t_hold_end) < 0.25, (rng.details, rng_lag)
+    # Extension: the time is where the ascent stopped, 20 deg short; decided within 0.25 s of it.
+    t_stop = t_hold_end + 0.9 + 1.0 + 1.0 + 0.2 + 0.9
+    assert abs(ext.t_ns / 1e9 - t_stop) < 0.15, ext.t_ns / 1e9
+    assert ext.magnitude == pytest.approx(20.0, abs=2.0) and ext_lag < 0.25, (ext.details, ext_lag)
+    # Streaming: the same events whole, in 50 ms frames or in odd chunks.
+    whole = sorted((e.t_ns, e.type, e.magnitude) for e in run("knee", t, knee_angles(t, f)))
+    assert sorted((e.t_ns, e.type, e.magnitude) for e in run("knee", t, knee_angles(t, f), frame=37)) == whole
+    assert [(e.t_ns, "locking", e.magnitude) for e, _ in found] == [w for w in whole if w[1] == "locking"]
 
 
 def test_shoulder_pull_up_restricted_rep_and_rom():
