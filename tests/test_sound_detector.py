@@ -48,7 +48,7 @@ def add_at(x: np.ndarray, t_s: float, w: np.ndarray) -> None:
     x[i:i + w.size] += w[: x.size - i]
 
 
-def sounds(x: np.ndarray, imu_impacts_s: tuple[float, ...] = ()) -> list:
+def sounds(x: np.ndarray, imu_impacts_s: tuple[float, ...] = (), rate_dps: float = 20.0) -> list:
     """Run one microphone (as both sensors' is not needed here) through detector + tracker, times in ns."""
     det, tr = TransientDetector(), SoundTracker()
     t_imu = np.arange(round(x.size / FS * 200)) / 200
@@ -56,7 +56,8 @@ def sounds(x: np.ndarray, imu_impacts_s: tuple[float, ...] = ()) -> list:
     acc[:, 2] = 1.0
     for t in imu_impacts_s:
         acc[np.searchsorted(t_imu, t), 2] = 4.0  # a 3 g spike for one sample
-    tr.on_imu("shank", (t_imu * 1e9).astype(np.int64), acc, 30.0)
+    tr.on_imu("shank", (t_imu * 1e9).astype(np.int64), acc)
+    tr.on_angles((t_imu * 1e9).astype(np.int64), 10.0 + rate_dps * t_imu)  # flexing (default 20 deg/s)
     for c in det.process(x) + det.flush():
         tr.add("shank", round(c.index / FS * 1e9), c.index / FS, c)
     return tr.flush()
@@ -69,7 +70,7 @@ def test_single_click_is_one_click_at_its_onset():
     assert [e.type for e in ev] == ["click"]
     assert abs(ev[0].stream_t_s - 1.7) < 0.003
     assert ev[0].confidence > 0.9
-    assert ev[0].details["flexion_deg"] == 30.0
+    assert ev[0].details["flexion_deg"] == pytest.approx(10.0 + 20.0 * ev[0].stream_t_s, abs=0.1)
 
 
 def test_snap_is_a_snap():
@@ -78,6 +79,12 @@ def test_snap_is_a_snap():
     ev = sounds(x)
     assert [e.type for e in ev] == ["snap"]
     assert abs(ev[0].stream_t_s - 1.2) < 0.02
+
+
+def test_a_thump_while_the_joint_is_still_is_no_snap():
+    x = noise(3.0, seed=1)
+    add_at(x, 1.2, snap())
+    assert sounds(x, rate_dps=0.0) == []
 
 
 def test_crepitus_train_is_one_event_at_its_start_with_its_burst_count():
