@@ -20,12 +20,13 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from analysis.joint_center import JointCentreHeading, JointCentreSettings
-from analysis.orientation import SegmentOrientation, StillBiasSettings, gravity_in_sensor
+from analysis.orientation import SegmentOrientation, StillBiasSettings
 from analysis.segment_calibration import (
     CalibrationSettings,
     KneeCalibrator,
     quat_wxyz_to_rotation,
     rot_z,
+    segment_inclination_deg,
 )
 from analysis.sensor_pair import GapWindows, SensorPair
 
@@ -59,18 +60,6 @@ def knee_angles_from_segments(r_thigh: Rotation, r_shank: Rotation, joint: str) 
     s = side_sign(joint)
     e = np.degrees(np.atleast_2d((r_thigh.inv() * r_shank).as_euler("YXZ")))
     return {"flexion_deg": e[:, 0], "abduction_deg": s * e[:, 1], "rotation_deg": -s * e[:, 2]}
-
-
-def _segment_inclination_deg(q: np.ndarray, z_sensor: np.ndarray) -> np.ndarray:
-    """Sagittal inclination (deg) of a segment whose long axis is ``z_sensor`` (n, 3) in the sensor frame
-    (y medio-lateral: the sensor's y made perpendicular to it, as in ``mounting_from_axes``), from the
-    sensor's 6D quaternions ``q`` (n, 4); ``sagittal_inclination_deg`` for ``z_sensor`` = sensor z."""
-    z = z_sensor / np.linalg.norm(z_sensor, axis=1, keepdims=True)
-    y = np.array([0.0, 1.0, 0.0]) - z[:, 1:2] * z
-    y /= np.linalg.norm(y, axis=1, keepdims=True)
-    x = np.cross(y, z)
-    up = gravity_in_sensor(q)  # earth up in sensor coordinates; its segment coordinates are M @ up
-    return np.degrees(np.arctan2(-np.sum(x * up, axis=1), np.sum(z * up, axis=1)))
 
 
 class KneeAngles:
@@ -189,7 +178,7 @@ class KneeAngles:
         if stand_end is not None and cal.stand_axes is not None:
             axes[min(max(stand_end - n0, 0), n):] = np.concatenate(cal.stand_axes)
         axes = np.where(np.isfinite(axes), axes, np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]))
-        return (_segment_inclination_deg(q_shank, axes[:, 3:]) - _segment_inclination_deg(q_thigh, axes[:, :3]))
+        return (segment_inclination_deg(q_shank, axes[:, 3:]) - segment_inclination_deg(q_thigh, axes[:, :3]))
 
     def _new_heading(self) -> JointCentreHeading:
         """A relative-heading estimate started from the calibration's, worth what the calibration's movement was."""

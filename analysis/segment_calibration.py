@@ -9,7 +9,7 @@ coordinates.
 * Standing still (>= ``still_min_s``, every session starts so): the mean accelerometer is the
   segment's long axis ``z`` in sensor coordinates (the segment is upright).
 * Functional movement (the first squats, lunges, swings or strides, until each sensor has turned
-  ``movement_rotation_deg``):
+  ``movement_rotation_deg`` and the knee has bent through ``movement_flexion_deg``):
 
   1. The heading offset of the two 6D earth frames and the lever arms to the joint centre, from the
      joint centre's acceleration (:mod:`analysis.joint_center`); no assumption on the joint angles.
@@ -48,6 +48,7 @@ from analysis.joint_center import (
     joint_centre_force,
     lever_matrix,
 )
+from analysis.orientation import gravity_in_sensor
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class CalibrationSettings:
     still_accel_tol_g: float = 0.05  # ... and the accelerometer norm within this of 1 g
     still_min_s: float = 1.0  # the standing pose lasts at least this long (s)
     moving_gyro_dps: float = 30.0  # a sample is movement when either sensor turns faster (deg/s)
-    movement_rotation_deg: float = 120.0  # each sensor turns this much in total before the axes are fitted
+    movement_rotation_deg: float = 90.0  # each sensor turns this much in total before the axes are fitted
+    movement_flexion_deg: float = 20.0  # ... and the knee has bent through this range (deg)
     max_buffer_s: float = 120.0  # samples kept while waiting for a standing pose and movement (s)
     provisional_still_min_s: float = 0.025  # a still run this long already gives provisional long axes (s)
 
@@ -73,6 +75,18 @@ class KneeCalibration:
     heading_information: float = 0.0  # what heading_rad is worth to the streaming estimate (sum of weights)
     lever_thigh_m: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sensor -> joint centre, sensor frame
     lever_shank_m: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+
+def segment_inclination_deg(q: np.ndarray, z_sensor: np.ndarray) -> np.ndarray:
+    """Sagittal inclination (deg) of a segment whose long axis is ``z_sensor`` (n, 3) in the sensor frame
+    (y medio-lateral: the sensor's y made perpendicular to it, as in ``mounting_from_axes``), from the
+    sensor's 6D quaternions ``q`` (n, 4); ``sagittal_inclination_deg`` for ``z_sensor`` = sensor z."""
+    z = z_sensor / np.linalg.norm(z_sensor, axis=1, keepdims=True)
+    y = np.array([0.0, 1.0, 0.0]) - z[:, 1:2] * z
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    x = np.cross(y, z)
+    up = gravity_in_sensor(q)  # earth up in sensor coordinates; its segment coordinates are M @ up
+    return np.degrees(np.arctan2(-np.sum(x * up, axis=1), np.sum(z * up, axis=1)))
 
 
 def principal_axis(v: np.ndarray) -> np.ndarray:
@@ -225,6 +239,7 @@ class KneeCalibrator:
         self._stand: tuple[int, int] | None = None  # absolute sample range of the standing pose
         self._still_run = 0  # consecutive still samples so far
         self._turned = np.zeros(2)  # deg turned by each sensor during movement after the standing pose
+        self._flex_range = (np.inf, -np.inf)  # provisional flexion range since the standing pose (deg)
         self._offset = 0  # absolute index of the first buffered row
         # Once the standing pose is found: each segment's long axis in its sensor frame (thigh, shank).
         self.stand_axes: tuple[np.ndarray, np.ndarray] | None = None
@@ -267,20 +282,29 @@ class KneeCalibrator:
                 end = self._n + int(hit[0]) + 1
                 self._stand = (end - need, end)
                 start = int(hit[0]) + 1
-        if self._stand is not None and start < n:
-            moving = np.maximum(g_t, g_s)[start:] > s.moving_gyro_dps
-            turned = np.cumsum(np.column_stack((g_t, g_s))[start:] * moving[:, None], axis=0) / self.rate_hz
-            total = self._turned + turned
-            ok = np.flatnonzero((total >= s.movement_rotation_deg).all(axis=1))
-            if ok.size:
-                done_at = start + int(ok[0]) + 1
-            self._turned = total[-1] if done_at is None else total[ok[0]]
-        self._buf.append(rows if done_at is None else rows[:done_at])
+        self._buf.append(rows)
         self._n += n
         if self._stand is not None and self.stand_axes is None:
             data = np.concatenate(self._buf)
             a, b = self._stand[0] - self._offset, self._stand[1] - self._offset
             self.stand_axes = (data[a:b, 8:11].mean(axis=0), data[a:b, 11:14].mean(axis=0))
+        if self._stand is not None and self.stand_axes is not None and start < n:
+            moving = np.maximum(g_t, g_s)[start:] > s.moving_gyro_dps
+            turned = np.cumsum(np.column_stack((g_t, g_s))[start:] * moving[:, None], axis=0) / self.rate_hz
+            total = self._turned + turned
+            # The knee itself must have bent, not only the leg swung: range of the provisional flexion (the
+            # segments' sagittal inclinations with the standing long axes) since the standing pose.
+            z_t, z_s = self.stand_axes
+            flex = (segment_inclination_deg(rows[start:, 4:8], np.broadcast_to(z_s, (n - start, 3)))
+                    - segment_inclination_deg(rows[start:, 0:4], np.broadcast_to(z_t, (n - start, 3))))
+            hi = np.maximum.accumulate(np.concatenate(([self._flex_range[1]], flex)))[1:]
+            lo = np.minimum.accumulate(np.concatenate(([self._flex_range[0]], flex)))[1:]
+            ok = np.flatnonzero((total >= s.movement_rotation_deg).all(axis=1) & (hi - lo >= s.movement_flexion_deg))
+            if ok.size:
+                done_at = start + int(ok[0]) + 1
+                self._buf[-1] = rows[:done_at]
+            self._turned = total[-1] if done_at is None else total[ok[0]]
+            self._flex_range = (float(lo[-1]), float(hi[-1]))
         if done_at is not None:
             self._finish()
         else:

@@ -112,6 +112,21 @@ def test_valgus_in_the_calibration_reps_is_not_read_as_varus_later():
     assert abs(ang["abduction_deg"][inside].max() - 12.0) < 1.5
 
 
+def test_calibration_waits_for_the_knee_to_bend():
+    """Leg swings turn both sensors fast from the hip while the knee barely bends at first: the calibration waits
+    until the knee has bent (otherwise the flexion axis' sign is a guess: the knee read as bending backward)."""
+    sim = simulate_session(scenario_from_dict({
+        "seed": 37, "duration_s": 12.0, "athlete": "ath-001", "joint": "right_knee", "exercise": "leg_swing",
+        "mounting": {"misalignment_deg": 10.0}}, "test"))
+    ka, t_ns, ang = _run(sim, 10)
+    assert ka.calibrated
+    t = t_ns / 1e9
+    first = t[np.isfinite(ang["abduction_deg"])][0]
+    assert sim.truth_angles["flexion_deg"][sim.truth_t_s < first].max() > 10.0
+    err = ang["flexion_deg"] - np.interp(t, sim.truth_t_s, sim.truth_angles["flexion_deg"])
+    assert np.sqrt(np.nanmean(err[t >= first] ** 2)) < 1.5
+
+
 def test_same_output_whole_or_in_frames(squat):
     _, t_whole, a_whole = _run(squat, 10**9)
     _, t_parts, a_parts = _run(squat, 10)
