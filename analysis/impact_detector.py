@@ -22,7 +22,9 @@ class ImpactSettings:
     jump_g: float = 1.2  # accelerometer jump per sample (g) that marks an impact (snap jerks <= ~0.7 g)
     merge_s: float = 0.060  # jumps closer than this to the impact's last one belong to it, s
     veto_before_s: float = 0.030  # a sound this long before the impact's first jump is the impact still, s
-    veto_after_s: float = 0.070  # ... and this long after its last jump (high band: crack, mid resonance), s
+    # ... and this long after its last jump (high band: the crack comes inside the jumps' stretch or 0-10 ms
+    # around it; ss: 4 of ~430 thud-tailed bursts later; a click 30 ms after a landing is heard), s
+    veto_after_s: float = 0.015
     # Low band: the thud's peak frames come before the last jump + ~10 ms (ss: 4 of ~1000 later), while a tendon
     # snapping in the stance right after a foot strike thumps 20-60 ms after it (running), s.
     thud_after_s: float = 0.015
