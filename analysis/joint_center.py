@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import lfilter
+from scipy.spatial.transform import Rotation
 
 G = 9.80665  # m/s^2 per g
 
@@ -95,6 +96,15 @@ def joint_centre_force(r_earth: np.ndarray, accel_mps2: np.ndarray, gamma: np.nd
     return np.einsum("nij,nj->ni", r_earth, accel_mps2 + gamma @ lever_m)
 
 
+def lever_acceleration(w: np.ndarray, w_dot: np.ndarray, lever_m: np.ndarray) -> np.ndarray:
+    """``Gamma @ o`` (m/s^2, (n, 3)) without forming ``Gamma``: ``w_dot x o + w x (w x o)``
+    (``w x (w x o) = w (w . o) - o |w|^2``; written out: ``np.cross`` costs more than the work on 10-row chunks)."""
+    o = np.asarray(lever_m, float)
+    wd_x_o = np.column_stack((w_dot[:, 1] * o[2] - w_dot[:, 2] * o[1], w_dot[:, 2] * o[0] - w_dot[:, 0] * o[2],
+                              w_dot[:, 0] * o[1] - w_dot[:, 1] * o[0]))
+    return wd_x_o + w * (w @ o)[:, None] - o * np.einsum("ij,ij->i", w, w)[:, None]
+
+
 def fit_lever_arms(r_t: np.ndarray, a_t: np.ndarray, gamma_t: np.ndarray, r_s: np.ndarray, a_s: np.ndarray,
                    gamma_s: np.ndarray, weight: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Lever arms (m, sensor frames) from each sensor to the joint centre, from the vertical components of the
@@ -126,7 +136,7 @@ class JointCentreHeading:
     """Streaming heading offset ``delta`` (rad) of the shank's earth frame to the thigh's, from the joint centre.
 
     ``update(t_ns, r_t, acc_t_g, gyro_t_dps, r_s, acc_s_g, gyro_s_dps)`` takes aligned samples of both sensors
-    (``r_*`` sensor -> own earth rotation matrices (n, 3, 3), accelerometer in g, gyroscope in deg/s, sensor
+    (``r_*`` sensor -> own earth rotations (n,), accelerometer in g, gyroscope in deg/s, sensor
     frames) and returns ``delta`` per sample (n,), each from the samples up to it, and whether it is settled
     (n,) bool. ``information`` is what the starting value ``delta0_rad`` is worth (the calibration's sum of
     weights).
@@ -158,8 +168,8 @@ class JointCentreHeading:
         self._prev = {"thigh": None, "shank": None}
         self._since_gap = 0.0
 
-    def update(self, t_ns: np.ndarray, r_t: np.ndarray, acc_t_g: np.ndarray, gyro_t_dps: np.ndarray,
-               r_s: np.ndarray, acc_s_g: np.ndarray, gyro_s_dps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, t_ns: np.ndarray, r_t: Rotation, acc_t_g: np.ndarray, gyro_t_dps: np.ndarray,
+               r_s: Rotation, acc_s_g: np.ndarray, gyro_s_dps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = np.asarray(t_ns, np.int64)
         if t.size == 0:
             return np.empty(0), np.empty(0, bool)
@@ -170,7 +180,7 @@ class JointCentreHeading:
             w_dot, ok = angular_acceleration(w, t, self._prev[name], self.settings.max_step_s)
             self._prev[name] = (w[-1].copy(), int(t[-1]))
             valid &= ok
-            forces.append(joint_centre_force(r, np.asarray(acc, float) * G, lever_matrix(w, w_dot), lever))
+            forces.append(r.apply(np.asarray(acc, float) * G + lever_acceleration(w, w_dot, lever)))
         x = heading_phasors(forces[0], forces[1], valid, self.settings)
         y, self._state = lfilter([1.0], [1.0, -self._alpha], x, zi=self._state)
         if abs(self._state[0]) < 1e-200:  # after hours without information: keep the angle alive

@@ -23,6 +23,7 @@ from analysis.joint_center import JointCentreHeading, JointCentreSettings
 from analysis.orientation import SegmentOrientation, StillBiasSettings
 from analysis.segment_calibration import (
     CalibrationSettings,
+    KneeCalibration,
     KneeCalibrator,
     quat_wxyz_to_rotation,
     rot_z,
@@ -84,6 +85,7 @@ class KneeAngles:
         self._pre_keep = int(round(BACKFILL_S * rate_hz))
         self._backfill: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._forget_at: list[int] = []  # starts (ns) of long gaps the live heading has not yet passed
+        self._mount_inv: tuple[KneeCalibration, Rotation, Rotation] | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -193,10 +195,11 @@ class KneeAngles:
         cal, heading = self.calibrator.result, heading or self.heading
         assert cal is not None and heading is not None
         r_t, r_s = quat_wxyz_to_rotation(th[:, 0:4]), quat_wxyz_to_rotation(sh[:, 0:4])
-        delta, settled = heading.update(t_ns, r_t.as_matrix(), th[:, 4:7], th[:, 7:10], r_s.as_matrix(), sh[:, 4:7],
-                                        sh[:, 7:10])
-        seg_t = r_t * Rotation.from_matrix(cal.thigh_mounting.T)
-        seg_s = r_s * Rotation.from_matrix(cal.shank_mounting.T)
+        delta, settled = heading.update(t_ns, r_t, th[:, 4:7], th[:, 7:10], r_s, sh[:, 4:7], sh[:, 7:10])
+        if self._mount_inv is None or self._mount_inv[0] is not cal:  # sensor -> segment, once per calibration
+            self._mount_inv = (cal, Rotation.from_matrix(cal.thigh_mounting.T),
+                               Rotation.from_matrix(cal.shank_mounting.T))
+        seg_t, seg_s = r_t * self._mount_inv[1], r_s * self._mount_inv[2]
         out = knee_angles_from_segments(seg_t, rot_z(delta) * seg_s, self.joint)
         for k in ("abduction_deg", "rotation_deg"):  # they need the heading; the flexion barely does
             out[k] = np.where(settled, out[k], np.nan)

@@ -320,8 +320,11 @@ class SegmentOrientation:
             return []
         n = len(gyr)
         need = max(int(round(sb.min_still_s * self.rate_hz)), 1)
-        still = ((np.linalg.norm(gyr, axis=1) < np.deg2rad(sb.gyro_dps))
-                 & (np.abs(np.linalg.norm(acc, axis=1) / G - 1.0) < sb.accel_tol_g))
+        still = ((np.einsum("ij,ij->i", gyr, gyr) < np.deg2rad(sb.gyro_dps) ** 2)
+                 & (np.abs(np.sqrt(np.einsum("ij,ij->i", acc, acc)) / G - 1.0) < sb.accel_tol_g))
+        if not still.any():  # moving: the usual case, nothing to carry
+            self._still_run, self._still_sum = 0, np.zeros(3)
+            return []
         idx = np.arange(n)
         last_break = np.maximum.accumulate(np.where(~still, idx, -1))
         run = np.where(still, np.where(last_break >= 0, idx - last_break, idx + 1 + self._still_run), 0)

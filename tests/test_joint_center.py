@@ -68,8 +68,7 @@ def test_heading_and_lever_arms_from_the_joint_centre(two_segments):
 
 def _stream(d: dict, frame: int) -> np.ndarray:
     est = JointCentreHeading(RATE, 0.0, d["lever_t"], d["lever_s"])
-    r_t, r_s = Rotation.from_quat(d["q_t"][:, [1, 2, 3, 0]]).as_matrix(), Rotation.from_quat(
-        d["q_s"][:, [1, 2, 3, 0]]).as_matrix()
+    r_t, r_s = Rotation.from_quat(d["q_t"][:, [1, 2, 3, 0]]), Rotation.from_quat(d["q_s"][:, [1, 2, 3, 0]])
     out = []
     for i in range(0, d["t_ns"].size, frame):
         sl = slice(i, i + frame)
