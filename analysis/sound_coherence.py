@@ -24,7 +24,9 @@ import numpy as np
 class CoherenceSettings:
     window_s: float = 0.004  # analysis window around the candidate, s (a click's energy: 0.3-3.5 ms)
     band_hz: tuple[float, float] = (1800.0, 6500.0)  # clicks and bursts' upper band (hum and rumble out)
-    max_lag: int = 2  # lags tried, samples each way (clock-map residuals)
+    # Lags tried, samples each way: the two sensors' clock maps agree to a sample on recordings, but live, early in
+    # a session, they can differ by 1-2 ms (arrival jitter), and then a click reads incoherent and is lost.
+    max_lag: int = 40
     keep_s: float = 0.8  # samples kept per microphone, s (decisions come <= ~0.3 s after the sound)
 
 
