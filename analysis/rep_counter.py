@@ -6,7 +6,10 @@ elevation rises from the front rack in an overhead press and falls from the dead
 works on the excursion ``x = direction * (angle - rest_deg)``: a rep starts when x rises above ``start_deg`` and
 ends when it falls back below ``end_deg``. For the knee ``rest_deg = 0`` and ``direction = +1``; for a shoulder
 both are learned (``rest_deg=None``: the median of the first ``rest_window_s`` of known (finite) angles;
-``direction=0``: the sign of the first excursion beyond ``start_deg``).
+``direction=0``: the sign of the first excursion beyond ``start_deg``). An excursion shorter than
+``min_duration_s`` is no rep (a stumble, noise), nor is one peaking below ``sub_rep_ratio`` of the recent reps'
+median peak: it is part of a larger cycle, like the stance-phase bump (~45 deg) of a running stride whose swing
+phase (~100 deg) is the rep.
 
 Turning points: while a rep is under way, once the rep has lasted ``min_duration_s`` (it is a rep, not a
 stumble) and its excursion lies ``turn_drop_deg`` below its running peak, the rep has turned back: the counter
@@ -26,7 +29,11 @@ import numpy as np
 class RepSettings:
     start_deg: float = 40.0  # a rep starts when the excursion rises above this (deg) ...
     end_deg: float = 20.0  # ... and ends when it falls back below this (deg)
-    min_duration_s: float = 0.4  # shorter excursions are not reps (a stumble, noise), s
+    min_duration_s: float = 0.2  # shorter excursions are not reps (a stumble, noise), s (a running stride's swing
+    # phase stays above start_deg for ~0.25-0.3 s)
+    sub_rep_ratio: float = 0.6  # an excursion peaking below this share of the last reps' median peak is part of a
+    # larger cycle (the stance-phase bump of a running stride, ~45 deg against the swing's ~90-110), no rep
+    sub_rep_history: int = 6  # number of recent reps forming that median
     rest_deg: float | None = 0.0  # rest value of the driving angle (deg); None: learned from the first samples
     direction: int = 1  # +1: reps raise the angle, -1: they lower it, 0: learned from the first excursion
     rest_window_s: float = 0.5  # the rest value is the median of the first this-many seconds (rest_deg=None)
@@ -71,6 +78,7 @@ class RepCounter:
         self._peak = -np.inf  # in excursion units
         self._peak_t = 0
         self._min = np.inf  # in excursion units
+        self._peaks: list[float] = []  # peak excursions of the last reps (deg)
         self._turned = False  # the rep under way has turned back (a Turn was recorded)
         self._near_t = 0  # last time (ns) the rep under way was within turn_band_deg of its running peak
         self.turns: list[Turn] = []  # turning points found, for the caller to take (``take_turns``)
@@ -140,6 +148,7 @@ class RepCounter:
                 if not hits.size:
                     break
                 self._down, self._start, self._peak, self._turned = True, int(t_ns[j]), -np.inf, False
+                self._near_t = self._start
                 i = j
             else:
                 hits = np.flatnonzero(x[i:] < s.end_deg)
@@ -154,13 +163,21 @@ class RepCounter:
                     break
                 end = int(t_ns[j])
                 self._down = False
-                if (end - self._start) / 1e9 >= s.min_duration_s:
+                if (end - self._start) / 1e9 < s.min_duration_s:
+                    self._min = np.inf
+                elif self._peak >= self._sub_rep_limit():
                     self.count += 1
                     peak, low = self.angle(self._peak), self.angle(self._min)
                     reps.append(Rep(self.count, self._start, end, self._peak_t, peak, low, abs(peak - low)))
-                self._min = np.inf
+                    self._peaks = (self._peaks + [self._peak])[-s.sub_rep_history:]
+                    self._min = np.inf
                 i = j
         return reps
+
+    def _sub_rep_limit(self) -> float:
+        """Excursion (deg) below which a rep's peak makes it part of a larger movement's cycle, not a rep."""
+        s = self.settings
+        return s.sub_rep_ratio * float(np.median(self._peaks)) if len(self._peaks) >= 2 else -np.inf
 
     def _find_turn(self, t_ns: np.ndarray, seg: np.ndarray) -> None:
         """Record the rep's turning point at the first sample of ``seg`` (excursion samples of the rep under way,
@@ -169,7 +186,8 @@ class RepCounter:
         the last sample within ``turn_band_deg`` of it (a hold at the top is not over until the joint leaves it)."""
         s = self.settings
         run_peak = np.maximum.accumulate(np.concatenate(([self._peak], seg)))[1:]
-        turned = (seg < run_peak - s.turn_drop_deg) & (t_ns >= self._start + s.min_duration_s * 1e9)
+        turned = ((seg < run_peak - s.turn_drop_deg) & (t_ns >= self._start + s.min_duration_s * 1e9)
+                  & (run_peak >= self._sub_rep_limit()))
         near = np.flatnonzero(seg >= run_peak - s.turn_band_deg)
         if not turned.any():
             if near.size:

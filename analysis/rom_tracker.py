@@ -12,9 +12,12 @@ that can be told from a normal movement:
   plateau (where the ascent stopped short); reported once the joint has stayed there for ``lock_hold_s``. A
   normal ascent passes the level ``lock_min_deg`` above rest at 50-100 deg/s and only comes to rest inside
   ``rest_band_deg``, so a short hold separates the two. Magnitude = degrees short of the usual extension.
-* **Restricted range**: a rep whose peak excursion falls ``range_short_deg`` below the median of the previous
-  reps (``range_history`` of them, at least ``range_min_reps``) and ``range_short_min_deg`` below each of them
-  (so alternating reps, e.g. a jump squat's countermovement and its landing absorption, are not restricted).
+* **Restricted range**: a rep whose peak excursion falls ``range_short_deg`` and ``range_short_sd`` standard
+  deviations (of the last ``range_spread_history`` reps' peaks) below the median of the previous reps
+  (``range_history`` of them, at least ``range_min_reps``) and ``range_short_min_deg`` below each of them (so
+  alternating reps, e.g. a jump squat's countermovement and its landing absorption, are not restricted). Reps
+  that turn back within ``range_min_turn_s`` of their start (a running stride's swing, whose range follows the
+  speed) are not judged.
   Judged at the rep's turning point (:class:`analysis.rep_counter.Turn`: the joint is ``turn_drop_deg`` back
   from its peak, ~0.1-0.2 s after the turn); event time: the turn, i.e. the end of the dwell at the peak (a hold
   at the top is not over, and the range not yet known, until the joint leaves it). Magnitude = degrees short of
@@ -48,6 +51,12 @@ class RomSettings:
     range_short_deg: float = 15.0  # a rep peaking this far below the usual peak is restricted, deg (depth varies
     # rep to rep by ~5 deg SD in squats and jumps: 3 SD; on the dev seeds 12 gave P 0.53, 15 gave P 0.80, R 1.0)
     range_short_min_deg: float = 5.0  # ... and this far below every recent normal rep, deg
+    range_short_sd: float = 3.0  # ... and this many standard deviations of the recent reps' peaks below their median
+    range_spread_history: int = 12  # number of recent reps whose peaks give that standard deviation
+    range_min_turn_s: float = 0.3  # a rep turning back sooner after its start is not judged, s: a running stride's
+    # swing turns 0.1-0.15 s after it starts (squats, lunges, step-downs, presses, pull-ups >= 0.4 s), and its
+    # range follows the running speed, not a restriction
+    # (running strides vary by ~6-8 deg SD: 20 deg shorter is no restriction there)
     range_history: int = 6  # number of recent reps forming the usual peak
     range_min_reps: int = 2  # reps needed before range is judged
     # A giving way (instability event) is a collapse (0.1-0.3 s), a hold and a recovery (up to ~1.5 s): neither its
@@ -144,12 +153,14 @@ class RomTracker:
         turning point, the rep's peak: where the joint turned back short of its usual range."""
         s = self.settings
         prev = self.normal_peaks[-s.range_history:]
-        if len(prev) < s.range_min_reps:
+        if len(prev) < s.range_min_reps or turn.t_turn_ns - turn.t_start_ns < s.range_min_turn_s * 1e9:
             return []
         usual = float(np.median(prev))
         peak = turn.peak_excursion_deg
         short = usual - peak
-        if short <= s.range_short_deg or peak >= min(prev) - s.range_short_min_deg:
+        spread_of = self.normal_peaks[-s.range_spread_history:]
+        spread = float(np.std(spread_of, ddof=1)) if len(spread_of) > 2 else 0.0
+        if short <= max(s.range_short_deg, s.range_short_sd * spread) or peak >= min(prev) - s.range_short_min_deg:
             return []
         conf = float(np.clip(0.5 + short / 40.0, 0.5, 0.95))
         if self._after_giving_way(turn.t_turn_ns):
@@ -163,4 +174,5 @@ class RomTracker:
         """Record a completed rep's ROM and peak excursion from rest (deg): the usual range later reps are judged
         against (their range is judged at their turning point, :meth:`on_turn`)."""
         self.rom_deg.append(rep.rom_deg)
-        self.normal_peaks = (self.normal_peaks + [peak_excursion_deg])[-self.settings.range_history:]
+        keep = max(self.settings.range_history, self.settings.range_spread_history)
+        self.normal_peaks = (self.normal_peaks + [peak_excursion_deg])[-keep:]

@@ -307,6 +307,24 @@ def test_shoulder_pull_up_restricted_rep_and_rom():
     assert [round(r.magnitude) for r in of(ev, "rep")] == [45, 48, 44, 70, 46]
 
 
+def test_running_strides_are_reps_and_their_varying_swing_is_no_locking():
+    """A running stride: initial contact ~6 deg, a stance-phase bump to ~45 deg, toe-off ~17 deg, a swing phase to
+    85-110 deg that stays above 40 deg for ~0.27 s. One rep per stride (the swing); the bump is part of it; a
+    swing 20 deg shorter than the others is running speed, not a restricted knee."""
+    t = np.arange(0, 20, 1 / RATE)
+    rng = np.random.default_rng(4)
+    keys, tt, n = [(0.0, 0.0)], 1.0, 0
+    while tt + 0.8 < t[-1]:
+        swing = 100.0 + rng.normal(0, 6.0) - (20.0 if n == 12 else 0.0)
+        keys += [(tt, 6.0), (tt + 0.12, 45.0), (tt + 0.27, 17.0), (tt + 0.47, swing), (tt + 0.75, 6.0)]
+        tt += 0.75
+        n += 1
+    f = min_jerk(keys, t)
+    ev = run("knee", t, knee_angles(t, f), frame=10)
+    assert len(of(ev, "rep")) == n
+    assert of(ev, "locking") == []
+
+
 def test_rep_counter_peaks_whole_or_in_frames():
     from firmware_sim.session import simulate_squat_session
 
