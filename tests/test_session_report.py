@@ -30,7 +30,8 @@ from sensor_gateway.recorder import record_simulated_session
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A 24 s knee session with every kind of finding: clicks and snaps, valgus on reps 2-3, a giving-way episode,
-# a knee that will not straighten on rep 6 (not rep 5: its giving way at 15 s would hide it). Short, so that three analyses of it stay within a few seconds each.
+# a knee that will not straighten on rep 6 (not rep 5: its giving way at 15 s would hide it). Short, so that
+# three analyses of it stay within a few seconds each.
 SCENARIO = {"seed": 5, "duration_s": 24.0, "athlete": "ath-007", "joint": "right_knee", "exercise": "bodyweight_squat",
             "mounting": {"misalignment_deg": 5.0},
             "sounds": {"clicks": 3, "snr_db": 16.0, "snaps": {"angle_deg": [55.0, 65.0], "probability": 0.5}},
