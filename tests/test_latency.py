@@ -106,3 +106,29 @@ def test_decision_delay_of_a_recording(tmp_path: Path) -> None:
     assert rows["click"].max_ms < P99_BOUND_MS, report.table()
     assert rows["rep (from end)"].max_ms < 200.0, report.table()
     assert min(r.latency_ms for r in received if not r.flushed) >= 0.0
+
+
+def test_decision_delays_in_parallel_give_the_same_table(tmp_path: Path) -> None:
+    """``--decision --jobs 2``: recordings analysed in worker processes, the same figures as one after another."""
+    import json
+
+    from bench.latency import run_decision_delays
+
+    recs = []
+    for seed in (3, 4):
+        recs.append(str(tmp_path / f"s{seed}.jmrec"))
+        assert main(["record", recs[-1], "--duration", "8", "--seed", str(seed), "--clicks", "3", "--fast",
+                     "--no-progress"]) == 0
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert run_decision_delays(recs, str(one), False, jobs=1) == 0
+    assert run_decision_delays(recs, str(two), False, jobs=2) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["overall"]["n"] >= 4 and a["rows"] == b["rows"] and a["overall"] == b["overall"]
+
+
+def test_rows_over_the_target_are_marked() -> None:
+    e = JointEvent("click", "a", "j", "s", 10**18, 0.0, "shank", 1.0, 1.0, {})
+    slow = [Received(10**18 + int(ms * 1e6), e, "src") for ms in (100.0, 300.0)]
+    table = latency_report(slow).table()
+    assert "> target" in table.splitlines()[1] and "MISSES" in table
+    assert "> target" not in latency_report(slow[:1]).table()
