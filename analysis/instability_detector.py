@@ -172,7 +172,7 @@ class InstabilityDetector:
         if hit.size:
             k = max(int(hit[0]), self._after)
             if k < f.size:
-                return o + k, float(extra[: k + 1].max())
+                return o + k, float(np.nanmax(extra[: k + 1]))  # finite: extra[hit[0]] is
             return None
         if f.size < self._win + 1:
             return None
@@ -186,17 +186,19 @@ class InstabilityDetector:
         h = self._hist
         a = max(o - self._acc_span, h.start)
         r, f = h.window("r", a, d + 1), h.window("f", a, d + 1)
-        net = np.abs((r - r[0]) - self.coupling * (f - f[0]))
-        return float(net[-max(int(round(s.twist_hold_s * s.rate_hz)), 1):].min())
+        net = np.abs((r - r[0]) - self.coupling * (f - f[0]))[-max(int(round(s.twist_hold_s * s.rate_hz)), 1):]
+        return float(net.min()) if np.isfinite(net).all() else 0.0  # unknown angles show no twist
 
     def _confirm(self, o: int, d: int, t_on: int, t_d: int, surge: float) -> KinematicEvent | None:
         s = self.settings
         h = self._hist
-        peak_res = float(h.window("res", o, d + 1).max())
+        res = h.window("res", o, d + 1)
+        res = res[np.isfinite(res)]  # angles may turn unknown (NaN) after the onset, e.g. at a link gap
+        peak_res = float(res.max()) if res.size else s.rotation_rate_dps
         f0 = float(h.window("f", o, o + 1)[0])
-        details: dict[str, float | bool] = {"extra_flexion_deg": round(surge, 1),
-                                            "rotation_rate_dps": round(peak_res, 1),
-                                            "flexion_deg": round(f0, 1),
+        details: dict[str, float | bool | None] = {"extra_flexion_deg": round(surge, 1),
+                                                   "rotation_rate_dps": round(peak_res, 1),
+                                                   "flexion_deg": round(f0, 1) if np.isfinite(f0) else None,
                                             "decided_after_s": round((t_d - t_on) / 1e9, 3)}
         conf = 0.6 + 0.2 * min(peak_res / (2 * s.rotation_rate_dps), 1.0)
         if self.imu is not None and self.imu.sensors:

@@ -109,6 +109,36 @@ def test_giving_way_is_decided_within_200ms_of_its_onset_and_is_not_locking():
     assert of(run("knee", t, ang, imu=imu), "locking") == []
 
 
+def test_unknown_angles_around_a_giving_way_never_give_a_nan_event():
+    """Link gaps leave the angles unknown (NaN) for a while, the rotation longer than the flexion (its heading is
+    re-acquired): giving ways on either side of such gaps give events with finite numbers or none, never NaN (a
+    NaN confidence is an invalid message downstream)."""
+    from analysis.kinematic_event import KinematicEvent
+
+    t = np.arange(0, 30, 1 / RATE)
+    base = min_jerk(squats(8, down=0.6, up=0.6, pause=0.8), t)
+    ang = knee_angles(t, base)
+    for t0 in (5.0, 9.0, 13.0, 17.0, 21.0, 25.0):
+        extra_f, extra_r = giving_way(t, t0)
+        ang["flexion_deg"] = ang["flexion_deg"] + extra_f
+        ang["rotation_deg"] = ang["rotation_deg"] + extra_r
+    for a, b, rot_b in [(5.06, 5.5, 5.8), (8.2, 8.95, 9.05), (13.1, 13.2, 13.6), (16.95, 17.02, 17.02),
+                        (21.12, 22.0, 22.0), (24.9, 24.97, 25.2)]:
+        ang["flexion_deg"][(t > a) & (t < b)] = np.nan
+        ang["rotation_deg"][(t > a) & (t < rot_b)] = np.nan
+        ang["abduction_deg"][(t > a) & (t < rot_b)] = np.nan
+    rng = np.random.default_rng(2)
+    acc = np.tile([0.0, 0.0, 1.0], (t.size, 1)) + rng.normal(0, 0.02, (t.size, 3))
+    imu = {"shank": (acc, np.zeros((t.size, 3))), "thigh": (acc, np.zeros((t.size, 3)))}
+    for frame in (10, None):
+        events = run("knee", t, ang, frame=frame, imu=imu)
+        assert of(events, "instability"), "the giving ways clear of the gaps are still found"
+        for e in events:
+            assert isinstance(e, KinematicEvent) and np.isfinite(e.confidence) and np.isfinite(e.magnitude), e
+            je = e.to_joint_event("ath-001", "left_knee", "s", 0, "thigh+shank")  # a valid message
+            assert 0.0 <= je.confidence <= 1.0
+
+
 def test_collapse_without_rotational_jerk_is_not_instability():
     t = np.arange(0, 8, 1 / RATE)
     extra_f, _ = giving_way(t, 4.0)
