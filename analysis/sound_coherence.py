@@ -10,12 +10,16 @@ samples are tried.
 :class:`MicHistory` keeps the last ``keep_s`` of each microphone's samples with their wall-clock times;
 :func:`coherence` is the normalised cross-correlation of two such windows in a band, the largest over the lags
 (1: the same waveform, ~0: independent noise; it spreads by ~1/sqrt(2 B T) around 0 for noise).
+:func:`pair_stats` adds what the shared part's spectrum looks like: a cavitation click is a decaying 2-6 kHz tone
+(most of its energy within +-500 Hz of one frequency), a crepitus burst mostly broadband noise with a weaker
+0.4-3 kHz ringing (ss: 86 % of clicks vs 11 % of crepitus bursts have ``tonality`` >= 0.5 at >= 1.8 kHz).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -28,6 +32,8 @@ class CoherenceSettings:
     # a session, they can differ by 1-2 ms (arrival jitter), and then a click reads incoherent and is lost.
     max_lag: int = 40
     keep_s: float = 0.8  # samples kept per microphone, s (decisions come <= ~0.3 s after the sound)
+    tone_band_hz: tuple[float, float] = (400.0, 7000.0)  # where a burst's spectrum is judged for a tone
+    tone_halfwidth_hz: float = 500.0  # a decaying click tone is this wide each side of its peak (tau >= 0.3 ms)
 
 
 class MicHistory:
@@ -69,19 +75,60 @@ class MicHistory:
         return None
 
 
+@dataclass(frozen=True)
+class PairStats:
+    """What two microphones' windows share: ``coherence`` (see :func:`coherence`); ``tonality``, the fraction
+    of the shared power in ``tone_band_hz`` that lies within ``tone_halfwidth_hz`` of its strongest frequency
+    ``peak_hz`` (1: one tone, ~0.15: white noise). With one microphone, its own power spectrum stands in for the
+    shared one and ``coherence`` is NaN."""
+
+    coherence: float
+    tonality: float
+    peak_hz: float
+
+
+@lru_cache(maxsize=8)
+def _plan(n: int, rate_hz: float, band_hz: tuple[float, float], tone_band_hz: tuple[float, float],
+          halfwidth_hz: float, max_lag: int) -> tuple[np.ndarray, ...]:
+    """Window, frequencies, band masks, lag phase matrix and tone-smoothing kernel for windows of ``n`` samples."""
+    w = np.hanning(n + 2)[1:-1]
+    f = np.fft.rfftfreq(n, 1.0 / rate_hz)
+    used = (f >= min(band_hz[0], tone_band_hz[0])) & (f <= max(band_hz[1], tone_band_hz[1]))
+    fu = f[used]
+    coh = (fu >= band_hz[0]) & (fu <= band_hz[1])
+    tone = (fu >= tone_band_hz[0]) & (fu <= tone_band_hz[1])
+    lags = np.exp(2j * np.pi * np.outer(np.arange(-max_lag, max_lag + 1), fu) / rate_hz)
+    k = max(1, round(halfwidth_hz / (rate_hz / n)))
+    return w, used, fu, coh, tone, lags, np.ones(2 * k + 1)
+
+
 def coherence(a: np.ndarray, b: np.ndarray, rate_hz: float, band_hz: tuple[float, float], max_lag: int) -> float:
     """Largest normalised cross-correlation of ``a`` and ``b`` (same length, Hann-windowed, band-passed by
     zeroing DFT bins) over lags ``-max_lag .. max_lag`` samples; 0 for silent input."""
-    n = a.size
-    w = np.hanning(n + 2)[1:-1]
-    fa, fb = np.fft.rfft(a * w), np.fft.rfft(b * w)
-    f = np.fft.rfftfreq(n, 1.0 / rate_hz)
-    m = (f >= band_hz[0]) & (f <= band_hz[1])
-    fa, fb = fa[m], fb[m]
-    pa, pb = float(np.sum(np.abs(fa) ** 2)), float(np.sum(np.abs(fb) ** 2))
-    if pa <= 0.0 or pb <= 0.0:
-        return 0.0
-    lags = np.arange(-max_lag, max_lag + 1)
-    cross = fa * np.conj(fb)
-    r = np.real(np.exp(2j * np.pi * np.outer(lags, f[m]) / rate_hz) @ cross)
-    return float(r.max() / np.sqrt(pa * pb))
+    return pair_stats(a, b, rate_hz, band_hz, max_lag).coherence
+
+
+def pair_stats(a: np.ndarray, b: np.ndarray | None, rate_hz: float, band_hz: tuple[float, float], max_lag: int,
+               tone_band_hz: tuple[float, float] = (400.0, 7000.0), halfwidth_hz: float = 500.0) -> PairStats:
+    """:class:`PairStats` of windows ``a`` and ``b`` (same length; ``b`` None: one microphone)."""
+    w, used, f, coh_m, tone_m, lags, kernel = _plan(a.size, float(rate_hz), band_hz, tone_band_hz, halfwidth_hz,
+                                                    max_lag)
+    fa = np.fft.rfft(a * w)[used]
+    if b is None:
+        shared, coh = np.abs(fa) ** 2, float("nan")
+    else:
+        fb = np.fft.rfft(b * w)[used]
+        pa, pb = float(np.sum(np.abs(fa[coh_m]) ** 2)), float(np.sum(np.abs(fb[coh_m]) ** 2))
+        cross = fa * np.conj(fb)
+        aligned = np.real(lags * cross)  # (lags, bins): the cross-spectrum with each lag undone
+        r = aligned[:, coh_m].sum(axis=1)
+        best = int(np.argmax(r))
+        coh = float(r[best] / np.sqrt(pa * pb)) if pa > 0.0 and pb > 0.0 else 0.0
+        shared = np.maximum(aligned[best], 0.0)
+    p = np.where(tone_m, shared, 0.0)
+    total = float(p.sum())
+    if total <= 0.0:
+        return PairStats(coh, 0.0, float("nan"))
+    smooth = np.convolve(p, kernel, mode="same")
+    k = int(np.argmax(smooth))
+    return PairStats(coh, float(smooth[k] / total), float(f[k]))

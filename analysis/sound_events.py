@@ -42,7 +42,7 @@ from analysis.sound_classifier import (
     snap_confidence,
     train_confidence,
 )
-from analysis.sound_coherence import CoherenceSettings, MicHistory, coherence
+from analysis.sound_coherence import CoherenceSettings, MicHistory, PairStats, pair_stats
 from analysis.sound_jerk import JerkDetector, JerkSettings
 from analysis.transient_detector import Transient, TransientSettings, band_lag_s
 
@@ -96,6 +96,13 @@ class SoundSettings:
     rearm_cycle_gap_s: float = 0.3
     rearm_cycle_deg: float = 5.0
     rearm_cycle_min_s: float = 0.5
+    # ... and a swing turning back (flexing -> extending) within one grinding cluster, bursts on both sides within
+    # this pause (s): a leg swing's rep ends at the top of its back swing (pause ~0.1 s), a squat's bottom pauses
+    # longer (>= 0.27 s on the set); not within ``rearm_turn_quiet_s`` after an impact (a stride's stance and a
+    # landing's absorption turn too, inside their rep). 0 disables.
+    rearm_turn_gap_s: float = 0.2
+    rearm_turn_quiet_s: float = 2.0
+    rearm_turn_max_deg: float = 40.0  # ... at a shallow flexion (a swing's knee; a squat's or jump's bottom is deep)
     # A burst this close to a thump (s before, s after) makes the thump the burst's low end (a click or crepitus
     # burst reaches 60-320 Hz at the same instant, +-~2.5 ms of frame timing); a snap's tendon may crack a few
     # ms after the thump starts, or crepitus grind right after it, which does not hide the snap.
@@ -149,6 +156,7 @@ class SoundSettings:
     standout_min_hf: float = 0.6
     standout_hf_margin: float = 0.1
     standout_min_ref: int = 3  # reference bursts needed to judge, else nothing stands out
+
     train_tail_s: float = 0.5
 
 
@@ -163,12 +171,13 @@ class SoundEvent:
     details: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Cand:
     t_ns: int
     stream_t_s: float
     sensor: str
     tr: Transient
+    pair: PairStats | None = None  # what both microphones' samples share around it (high/mid, once sorted)
 
 
 class SoundTracker:
@@ -187,6 +196,8 @@ class SoundTracker:
         self._snaps: list[_Cand] = []
         self._group: list[list[_Cand]] = []  # the open train: bursts, each as heard per band and microphone
         self._group_reported = False  # the open group already gave (or was absorbed into) a crepitus event
+        self._group_from = 0  # the open group's bursts from this index on make the current train (a swing re-arms)
+        self._last_burst_dir = 0.0  # direction of the joint at the last burst: +1 flexing, -1 extending
         # Joint-angle history: blocks appended as they come, joined (and trimmed) when looked up.
         self._angle_parts: list[tuple[np.ndarray, np.ndarray]] = []
         self._angle_t = np.zeros(0, np.int64)
@@ -226,21 +237,20 @@ class SoundTracker:
             h = self._mic_hist[sensor] = MicHistory(rate_hz, self.settings.coherence.keep_s)
         h.add(t0_ns, x)
 
-    def coherence_at(self, t_ns: int) -> float | None:
-        """Coherence of the two microphones' samples around ``t_ns`` (None with one microphone, or samples
-        missing)."""
-        if len(self._mic_hist) < 2:
-            return None
+    def pair_at(self, t_ns: int) -> PairStats | None:
+        """What the microphones' samples around ``t_ns`` share (:func:`pair_stats`; one microphone: its own
+        spectrum, coherence NaN); None when the samples are not (all) kept."""
         cs = self.settings.coherence
-        (_, a), (_, b) = list(self._mic_hist.items())[:2]
-        if a.rate_hz != b.rate_hz:
+        hist = list(self._mic_hist.values())[:2]
+        if not hist or len(hist) == 2 and hist[0].rate_hz != hist[1].rate_hz:
             return None
-        n = round(cs.window_s * a.rate_hz)
+        n = round(cs.window_s * hist[0].rate_hz)
         t0 = t_ns - round(cs.window_s / 2 * 1e9)
-        wa, wb = a.window(t0, n), b.window(t0, n)
-        if wa is None or wb is None:
+        wins = [h.window(t0, n) for h in hist]
+        if any(w is None for w in wins):
             return None
-        return coherence(wa, wb, a.rate_hz, cs.band_hz, cs.max_lag)
+        return pair_stats(wins[0], wins[1] if len(wins) == 2 else None, hist[0].rate_hz, cs.band_hz, cs.max_lag,
+                          cs.tone_band_hz, cs.tone_halfwidth_hz)
 
     def _sort_hm(self, until_ns: int) -> None:
         """High/mid transients up to ``until_ns``: bursts (a click or crepitus burst), weak ones waiting for the
@@ -260,8 +270,10 @@ class SoundTracker:
             group = ready[i:j]
             i = j
             loud = max(group, key=lambda c: c.tr.level_db)
-            coh = self.coherence_at(loud.t_ns)
+            pair = self.pair_at(loud.t_ns)
+            coh = None if pair is None or not np.isfinite(pair.coherence) else pair.coherence
             for c in group:
+                c.pair = pair
                 tr = c.tr
                 thud = tr.lf_db >= max(s.thud_min_db, tr.level_db - s.thud_below_level_db)  # an impact's crack
                 if is_burst(tr, s.classifier) and not thud:
@@ -498,18 +510,20 @@ class SoundTracker:
             if self._group and c.t_ns - self._group[-1][0].t_ns <= gap and self._stands_out(burst):
                 out.append(self._click(burst))  # a click during a train: not one of its bursts
                 continue
-            self._rearm(c.t_ns)
+            rate = self._rate(c.t_ns)  # a still joint (|rate| < 5 deg/s: no grinding) has no direction
+            direction = float(np.sign(rate)) if np.isfinite(rate) and abs(rate) >= 5.0 else 0.0
+            self._rearm(c.t_ns, direction)
             if self._group and c.t_ns - self._group[-1][0].t_ns > gap:
                 out += self._close()
             self._group.append(burst)
-            self._last_burst_ns = c.t_ns
+            self._last_burst_ns, self._last_burst_dir = c.t_ns, direction
             out += self._train_update()
         if self._group and now_ns - hold - self._group[-1][0].t_ns > round(s.click_wait_s * 1e9) \
                 and (len(self._group) < 2 or now_ns - hold - self._group[-1][0].t_ns > gap):
             out += self._close()
         return out
 
-    def _rearm(self, t_ns: int) -> None:
+    def _rearm(self, t_ns: int, direction: float) -> None:
         """A new movement cycle (see ``SoundSettings``): silence, a foot strike in a gait, or a cyclic swing
         grinding again where the reported train started."""
         if self._armed:
@@ -520,6 +534,15 @@ class SoundTracker:
             self._armed = True
             return
         rt, ra, rd = self._reported
+        landed = self.impacts.between(t_ns - round(s.rearm_turn_quiet_s * 1e9), t_ns)
+        if (s.rearm_turn_gap_s > 0 and not landed
+                and t_ns - self._last_burst_ns <= round(s.rearm_turn_gap_s * 1e9)
+                and self._last_burst_dir > 0 and direction < 0 and self.angle_at(t_ns) <= s.rearm_turn_max_deg):
+            # A swing turning back at the top of its flexion while grinding: the next rep starts here.
+            self._armed = True
+            if self._group:
+                self._group_reported, self._group_from = False, len(self._group)
+            return
         if (t_ns - self._last_burst_ns >= round(s.rearm_cycle_gap_s * 1e9)
                 and t_ns - rt >= round(s.rearm_cycle_min_s * 1e9) and rd != 0.0
                 and abs(self.angle_at(t_ns) - ra) <= s.rearm_cycle_deg and self._direction(t_ns) == rd
@@ -560,16 +583,16 @@ class SoundTracker:
         angle = self.angle_at(c.t_ns)
         if self._group_reported:
             return []
-        n = len(self._group)
+        n = len(self._group) - self._group_from
         if n < s.classifier.train_min_bursts and (n < s.zone_min_bursts or not self._in_zone(angle)
-                                                   or (n == 1 and self._stands_out(self._group[0]))):
+                                                   or (n == 1 and self._stands_out(self._group[-1]))):
             return []
         self._group_reported = True
         if not self._armed:  # the same cycle's grinding, already reported
             return []
         self._armed = False
         # The event: the earliest burst within one train gap of the confirming one (bounded latency).
-        start = next(b for b in self._group if c.t_ns - b[0].t_ns <= round(s.train_gap_s * 1e9))[0]
+        start = next(b for b in self._group[self._group_from:] if c.t_ns - b[0].t_ns <= round(s.train_gap_s * 1e9))[0]
         self._reported = (start.t_ns, self.angle_at(start.t_ns), self._direction(start.t_ns))
         every = [x for b in self._group for x in b]
         best = max(every, key=lambda x: x.tr.level_db)
@@ -580,7 +603,8 @@ class SoundTracker:
 
     def _close(self) -> list[SoundEvent]:
         group, self._group = self._group, []
-        reported, self._group_reported = self._group_reported, False
+        reported, self._group_reported = self._group_reported or self._group_from > 0, False
+        self._group_from = 0
         s = self.settings
         if len(group) >= s.classifier.train_min_bursts:
             self._train_bursts.extend((b[0].t_ns, *self._burst_stats(b)) for b in group)
