@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _EPS = 1e-20
+_DB = 10.0 / np.log(10.0)  # natural log of a power ratio -> dB
 LF_BAND_HZ = (0.0, 500.0)  # the bins an impact's thud fills in 2 ms frames (a joint click or burst barely does)
 LF_AFTER_S = 0.006  # the thud's 120-400 Hz knock rings 3-10 ms: look this far past the burst's peak frame, s
 LF_SKIP_S = 0.002  # ... but only from this far on: a 2 ms frame no longer holds a short burst, s
@@ -107,6 +108,7 @@ class _Spectrogram:
     bins: np.ndarray  # the rfft bins the statistics use (the masks above index these)
     means: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (bins, stats): band-mean weights
     ext: int = 0  # frames of statistic needed on each side of a decided frame (peak window, thud tail)
+    min_threshold: float = 0.0  # the lowest trigger threshold, as a linear power ratio
     context: int = 0  # frames needed on each side of a frame before it can be decided (CFAR reference + ext)
     tail: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hist: np.ndarray | None = None  # (frames, bins) log power, the frames kept for context
@@ -146,6 +148,7 @@ class _Spectrogram:
         cols = [t.masks[0] for t in self.triggers] + [self.lf_mask]
         self.means = np.stack([m / max(m.sum(), 1) for m in cols], axis=1)
         self.ext = max(max(t.k for t in self.triggers), self.n_lf)
+        self.min_threshold = 10.0 ** (min(t.s.threshold_db for t in self.triggers) / 10.0)
         self.context = self.r + self.ext
 
 
@@ -197,19 +200,21 @@ class TransientDetector:
         return sorted(out, key=lambda t: (t.index, t.band))
 
     def _frames(self, b: _Spectrogram, x: np.ndarray) -> np.ndarray:
-        """Log power spectra (dB) of the complete new frames."""
+        """Log power spectra (natural log) of the complete new frames."""
         buf = np.concatenate((b.tail, x))
         n, hop = b.frame_len, b.hop
         nfr = (buf.size - n) // hop + 1 if buf.size >= n else 0
         if nfr <= 0:
             b.tail = buf
             return np.zeros((0, b.bins.size))
-        frames = np.lib.stride_tricks.as_strided(buf, (nfr, n), (hop * buf.strides[0], buf.strides[0]),
-                                                 writeable=False)
+        # A strided view: frame i is buf[i * hop: i * hop + n] (no copy; buf is a fresh contiguous array).
+        frames = np.ndarray((nfr, n), buf.dtype, buf, 0, (hop * buf.itemsize, buf.itemsize))
         b.tail = buf[nfr * hop:]
         ri = frames @ b.dft
+        ri *= ri
         k = b.bins.size
-        return 10.0 * np.log10(ri[:, :k] ** 2 + ri[:, k:] ** 2 + _EPS)
+        # Natural log of the power: the statistics stay in log units until they are reported (in dB).
+        return np.log(ri[:, :k] + ri[:, k:] + _EPS)
 
     def _run(self, b: _Spectrogram, x: np.ndarray, final: bool) -> list[Transient]:
         new = self._frames(b, x)
@@ -251,12 +256,17 @@ class TransientDetector:
         c = csum[a:a + n + 1]
         seg = hist[a:a + n]
         # Two-sided reference: mean of dB over [i-r, i-g) and (i+g, i+r], from the cumulative sum.
-        ref = (c[r - g + 1:r - g + 1 + m] - c[:m] + c[2 * r + 1:2 * r + 1 + m] - c[r + g:r + g + m]) \
-            / (2 * (r - g + 1))
-        white_db = seg[r:r + m] - ref
-        lin = np.exp(white_db * (np.log(10.0) / 10.0))
+        ref = c[r - g + 1:r - g + 1 + m] - c[:m]
+        ref += c[2 * r + 1:2 * r + 1 + m]
+        ref -= c[r + g:r + g + m]
+        ref *= 1.0 / (2 * (r - g + 1))
+        lin = np.exp(seg[r:r + m] - ref)  # whitened power (linear): power over the reference's geometric mean
+        means = lin @ b.means  # (frames, triggers + 1): band means, linear
+        nt = len(b.triggers)
+        if means[e:e + (f1 - f0), :nt].max() < b.min_threshold:  # most blocks: nothing to decide
+            return []
         core = np.arange(e, e + (f1 - f0))
-        stats = 10.0 * np.log10(lin @ b.means)  # (frames, triggers + 1): band means, dB
+        stats = _DB * np.log(means)  # dB
         lf = stats[:, -1] if b.n_lf else None
         half = b.frame_len // 2
         out = []
@@ -270,7 +280,7 @@ class TransientDetector:
             cand = above[stat[above] >= win[above - trig.k].max(axis=1)]
             if not cand.size:
                 continue
-            other = 10.0 * np.log10(lin[cand][:, trig.masks[1]].mean(axis=1))
+            other = _DB * np.log(lin[cand][:, trig.masks[1]].mean(axis=1))
             for j, oth in zip(cand, other, strict=True):  # candidate events only (a few per second)
                 frame_no = f0 - e + int(j)
                 if frame_no - trig.last_peak <= trig.k:  # an exact tie within the window: the earliest frame wins
@@ -279,7 +289,7 @@ class TransientDetector:
                 width = np.flatnonzero(stat[j - trig.k:j + trig.k + 1] >= stat[j] - 6.0).size
                 hf, lf_db = 0.0, 0.0
                 if trig.name != "low":
-                    excess = np.maximum(10.0 ** (seg[j + b.r] / 10.0) - 10.0 ** (ref[j] / 10.0), 0.0)
+                    excess = np.maximum(np.exp(seg[j + b.r]) - np.exp(ref[j]), 0.0)
                     wide = float(excess[b.wide_mask].sum())
                     hf = float(excess[b.hf_mask].sum()) / wide if wide > 0 else 0.0
                     # From LF_SKIP_S on: the 1-2 ms burst itself has left the frame, a thud still rings.
