@@ -3,9 +3,11 @@
 A joint sound (click, tendon snap, crepitus burst) reaches both sensors of the joint within tens of
 microseconds, as the same waveform a few dB apart; the background is each sensor's own (noise floor, muscle
 rumble under each sensor, cloth rubbing on each). So at a candidate instant the band-passed samples of the two
-microphones are correlated for a joint sound and not for a noise peak, whatever their levels. The gateway's
-clock maps put both streams on one wall clock to within a sample (62.5 us at 16 kHz); lags of +-``max_lag``
-samples are tried.
+microphones are correlated for a joint sound and not for a noise peak, whatever their levels. On recordings the
+gateway's clock maps put both streams on one wall clock to within a sample (62.5 us at 16 kHz); live, early in a
+session or on a loaded host, the two maps can differ by several ms. :func:`lag_scan` finds that offset on a clear
+joint sound (up to +-``search_s``), :class:`analysis.mic_offset.MicOffset` tracks it, and the coherence is then
+judged at the tracked offset +-``max_lag`` samples (a wide search would find chance correlation in noise).
 
 :class:`MicHistory` keeps the last ``keep_s`` of each microphone's samples with their wall-clock times;
 :func:`coherence` is the normalised cross-correlation of two such windows in a band, the largest over the lags
@@ -28,9 +30,11 @@ import numpy as np
 class CoherenceSettings:
     window_s: float = 0.004  # analysis window around the candidate, s (a click's energy: 0.3-3.5 ms)
     band_hz: tuple[float, float] = (1800.0, 6500.0)  # clicks and bursts' upper band (hum and rumble out)
-    # Lags tried, samples each way: the two sensors' clock maps agree to a sample on recordings, but live, early in
-    # a session, they can differ by 1-2 ms (arrival jitter), and then a click reads incoherent and is lost.
-    max_lag: int = 40
+    # Lags tried around the tracked offset, samples each way (the offset moves between clear sounds: the clock
+    # maps slew by up to 0.5 ms/s while they converge).
+    max_lag: int = 3
+    search_s: float = 0.012  # offsets scanned for on a clear sound, s each way (clock maps on a loaded host)
+    confident: float = 0.8  # a scan this correlated is one sound heard by both: its lag is the offset
     keep_s: float = 0.8  # samples kept per microphone, s (decisions come <= ~0.3 s after the sound)
     tone_band_hz: tuple[float, float] = (400.0, 7000.0)  # where a burst's spectrum is judged for a tone
     tone_halfwidth_hz: float = 500.0  # a decaying click tone is this wide each side of its peak (tau >= 0.3 ms)
@@ -132,3 +136,31 @@ def pair_stats(a: np.ndarray, b: np.ndarray | None, rate_hz: float, band_hz: tup
     smooth = np.convolve(p, kernel, mode="same")
     k = int(np.argmax(smooth))
     return PairStats(coh, float(smooth[k] / total), float(f[k]))
+
+
+@lru_cache(maxsize=8)
+def _band_mask(n: int, rate_hz: float, band_hz: tuple[float, float]) -> np.ndarray:
+    f = np.fft.rfftfreq(n, 1.0 / rate_hz)
+    return (f >= band_hz[0]) & (f <= band_hz[1])
+
+
+def lag_scan(a: np.ndarray, b: np.ndarray, n: int, rate_hz: float, band_hz: tuple[float, float]) -> tuple[int, float]:
+    """Where the middle ``n`` samples of ``a`` are found in ``b``: both ``n + 2 L`` samples over the same span,
+    band-passed (DFT bins outside ``band_hz`` zeroed), each ``n``-sample window Hann-weighted. Returns
+    ``(lag, r)``, ``lag`` in -L..L samples (``b`` late by ``lag``), ``r`` the normalised correlation there
+    (1: the same waveform; 0 for silent input)."""
+    m = a.size
+    if b.size != m or m < n or (m - n) % 2:
+        raise ValueError(f"lag_scan: need two spans of n + 2L samples (n {n}, got {a.size} and {b.size})")
+    keep = _band_mask(m, float(rate_hz), band_hz)
+    af = np.fft.irfft(np.fft.rfft(a) * keep, m)
+    bf = np.fft.irfft(np.fft.rfft(b) * keep, m)
+    w2 = np.hanning(n + 2)[1:-1] ** 2
+    half = (m - n) // 2
+    core = af[half:half + n]
+    segs = np.lib.stride_tricks.sliding_window_view(bf, n)  # (2L + 1, n): b at every lag
+    num = segs @ (w2 * core)
+    den = np.sqrt(float(np.dot(w2, core * core)) * (segs * segs) @ w2)
+    r = np.divide(num, den, out=np.zeros_like(num), where=den > 0.0)
+    j = int(np.argmax(r))
+    return j - half, float(r[j])

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from analysis.impact_detector import ImpactDetector, ImpactSettings
+from analysis.mic_offset import MicOffset
 from analysis.sound_classifier import (
     ClassifierSettings,
     classify_group,
@@ -42,7 +43,7 @@ from analysis.sound_classifier import (
     snap_confidence,
     train_confidence,
 )
-from analysis.sound_coherence import CoherenceSettings, MicHistory, PairStats, pair_stats
+from analysis.sound_coherence import CoherenceSettings, MicHistory, PairStats, lag_scan, pair_stats
 from analysis.sound_jerk import JerkDetector, JerkSettings
 from analysis.transient_detector import Transient, TransientSettings, band_lag_s
 
@@ -178,6 +179,7 @@ class _Cand:
     sensor: str
     tr: Transient
     pair: PairStats | None = None  # what both microphones' samples share around it (high/mid, once sorted)
+    shift_ns: int = 0  # the clock offset taken off ``t_ns`` (second microphone: onto the first one's clock)
 
 
 class SoundTracker:
@@ -191,6 +193,10 @@ class SoundTracker:
         self._hm: list[_Cand] = []  # high/mid transients not yet sorted (bursts, weak ones, noise)
         self._weak: list[_Cand] = []  # weak high-band transients waiting for the other microphone's
         self._mic_hist: dict[str, MicHistory] = {}  # raw samples per microphone, for the coherence
+        # The second microphone's clock offset behind the first (live, the two clock maps differ by ms): its
+        # candidates' times are moved onto the first one's clock, its samples read at the offset.
+        self.offset = MicOffset()
+        self._scanned_ns = -(2**62)  # transients up to here were scanned for the offset
         self.incoherent = 0  # loud transients dropped as one microphone's own noise
         self._paired: set[int] = set()  # id() of weak transients promoted to bursts by a coincidence
         self._snaps: list[_Cand] = []
@@ -217,7 +223,8 @@ class SoundTracker:
         self._last_train_ns = -(2**62)  # last burst of the last closed train
 
     def add(self, sensor: str, t_ns: int, stream_t_s: float, tr: Transient) -> None:
-        c = _Cand(int(t_ns), float(stream_t_s), sensor, tr)
+        shift = self._offset_ns(sensor)
+        c = _Cand(int(t_ns) - shift, float(stream_t_s), sensor, tr, shift_ns=shift)
         self._mic_names.add(sensor)
         s = self.settings
         if tr.band in ("high", "mid"):
@@ -237,20 +244,67 @@ class SoundTracker:
             h = self._mic_hist[sensor] = MicHistory(rate_hz, self.settings.coherence.keep_s)
         h.add(t0_ns, x)
 
+    def _offset_ns(self, sensor: str) -> int:
+        """How late ``sensor``'s clock runs behind the first microphone's (ns; 0 for the first one)."""
+        names = list(self._mic_hist)
+        lag = self.offset.samples
+        if lag is None or len(names) < 2 or sensor != names[1]:
+            return 0
+        return round(lag * 1e9 / self._mic_hist[sensor].rate_hz)
+
     def pair_at(self, t_ns: int) -> PairStats | None:
-        """What the microphones' samples around ``t_ns`` share (:func:`pair_stats`; one microphone: its own
-        spectrum, coherence NaN); None when the samples are not (all) kept."""
+        """What the microphones' samples around ``t_ns`` (the first microphone's clock) share (:func:`pair_stats`
+        at the second one's clock offset; one microphone: its own spectrum, coherence NaN); None when the samples
+        are not (all) kept."""
         cs = self.settings.coherence
         hist = list(self._mic_hist.values())[:2]
         if not hist or len(hist) == 2 and hist[0].rate_hz != hist[1].rate_hz:
             return None
-        n = round(cs.window_s * hist[0].rate_hz)
+        rate = hist[0].rate_hz
+        n = round(cs.window_s * rate)
         t0 = t_ns - round(cs.window_s / 2 * 1e9)
-        wins = [h.window(t0, n) for h in hist]
-        if any(w is None for w in wins):
+        a = hist[0].window(t0, n)
+        if a is None:
             return None
-        return pair_stats(wins[0], wins[1] if len(wins) == 2 else None, hist[0].rate_hz, cs.band_hz, cs.max_lag,
-                          cs.tone_band_hz, cs.tone_halfwidth_hz)
+        if len(hist) == 1:
+            return pair_stats(a, None, rate, cs.band_hz, cs.max_lag, cs.tone_band_hz, cs.tone_halfwidth_hz)
+        b = hist[1].window(t0 + round((self.offset.samples or 0) * 1e9 / rate), n)
+        if b is None:
+            return None
+        return pair_stats(a, b, rate, cs.band_hz, cs.max_lag, cs.tone_band_hz, cs.tone_halfwidth_hz)
+
+    def _learn_offset(self, ready: list[_Cand]) -> None:
+        """Scan the clear transients that both microphones had (within +-``search_s``) for the clock offset, and
+        move the second microphone's pending candidates onto the first one's clock with what was learnt."""
+        s, cs = self.settings, self.settings.coherence
+        hist = list(self._mic_hist.values())[:2]
+        if len(hist) < 2 or hist[0].rate_hz != hist[1].rate_hz:
+            return
+        rate, search = hist[0].rate_hz, round(cs.search_s * 1e9)
+        # Twice the coherence window: a sound is one waveform, chance matches in noise fall off with the length.
+        ns, span = 2 * round(cs.window_s * rate), round(cs.search_s * rate)
+        step = 1e9 / rate
+        pending = ready + self._hm
+        before = self.offset.samples
+        first, second = list(self._mic_hist)[:2]
+        for c in ready:  # the first microphone's transients: their samples are the scan's reference
+            if c.sensor != first or c.tr.level_db < s.coherent_min_db or c.t_ns <= self._scanned_ns:
+                continue
+            if not any(o.sensor == second and abs(o.t_ns - c.t_ns) <= search for o in pending):
+                continue
+            self._scanned_ns = c.t_ns + round(cs.window_s * 1e9)  # one scan per sound
+            start = c.t_ns - round((ns / 2 + span) * step)
+            a, b = hist[0].window(start, ns + 2 * span), hist[1].window(start, ns + 2 * span)
+            if a is not None and b is not None:
+                j, r = lag_scan(a, b, ns, rate, cs.band_hz)
+                if r >= cs.confident:
+                    self.offset.update(c.t_ns, j)
+        if self.offset.samples != before:
+            shift = self._offset_ns(second)
+            for c in (*pending, *self._snaps, *self._weak, *self._bursts):
+                if c.sensor == second and c.shift_ns != shift:
+                    c.t_ns += c.shift_ns - shift
+                    c.shift_ns = shift
 
     def _sort_hm(self, until_ns: int) -> None:
         """High/mid transients up to ``until_ns``: bursts (a click or crepitus burst), weak ones waiting for the
@@ -261,6 +315,8 @@ class SoundTracker:
         while n < len(self._hm) and self._hm[n].t_ns <= until_ns:
             n += 1
         ready, self._hm = self._hm[:n], self._hm[n:]
+        self._learn_offset(ready)
+        ready.sort(key=lambda c: c.t_ns)
         merge = round(s.burst_merge_s * 1e9)
         i = 0
         while i < len(ready):

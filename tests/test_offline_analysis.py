@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sim_frames import direct_frames
 
 from analysis.event_matching import match_events
 from analysis.offline import analyze_frames, analyze_path
 from analysis.session_folder import frames_from_session_folder, read_session_folder, write_session_folder
 from firmware_sim.session import SimulatedSession, simulate_squat_session
 from jointmon.errors import JointmonError
-from jointmon.frames import Frame, encode_frame
-from jointmon.packets import StreamType, channel_scale
-from jointmon.topics import DataTopic
+from jointmon.frames import encode_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDMADE = ROOT / "examples" / "handmade_session"
@@ -30,23 +29,6 @@ MIC_RATE_HZ = 16000
 @pytest.fixture(scope="module")
 def sim() -> SimulatedSession:
     return simulate_squat_session(10, seed=3)
-
-
-def direct_frames(sim: SimulatedSession) -> list[tuple[DataTopic, Frame]]:
-    """Reference: the simulator's own int16 samples and scales in 50 ms frames (what the gateway sends,
-    minus the BLE clock mapping), t0_ns = sample time since the stream start."""
-    out = []
-    for name, sig in sim.sensors.items():
-        streams = ((StreamType.IMU, "imu", sig.imu_raw, sig.imu_rate_hz, channel_scale(StreamType.IMU,
-                                                                                       sig.imu_range_code)),
-                   (StreamType.MIC_PCM16, "mic", sig.mic_raw.reshape(-1, 1), sig.mic_rate_hz,
-                    channel_scale(StreamType.MIC_PCM16, 0)))
-        for stream, level, raw, rate, scale in streams:
-            n = round(0.05 * rate)
-            for k, i in enumerate(range(0, raw.shape[0], n)):
-                out.append((DataTopic(sim.athlete, sim.joint, name, level),
-                            Frame(stream, k, i, round(i * 1e9 / rate), float(rate), scale, raw[i:i + n])))
-    return sorted(out, key=lambda tf: tf[1].t0_ns)  # stable: same tie order as the folder's merge
 
 
 def click_times(result) -> np.ndarray:
