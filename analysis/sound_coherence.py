@@ -33,7 +33,7 @@ class CoherenceSettings:
     # Lags tried around the tracked offset, samples each way (the offset moves between clear sounds: the clock
     # maps slew by up to 0.5 ms/s while they converge).
     max_lag: int = 3
-    search_s: float = 0.020  # offsets scanned for on a clear sound, s each way (clock maps on a loaded host)
+    search_s: float = 0.050  # offsets scanned for on a clear sound, s each way (a loaded host: 30 ms seen)
     confident: float = 0.8  # a scan this correlated is one sound heard by both: its lag is the offset
     keep_s: float = 0.8  # samples kept per microphone, s (decisions come <= ~0.3 s after the sound)
     tone_band_hz: tuple[float, float] = (400.0, 7000.0)  # where a burst's spectrum is judged for a tone
