@@ -60,6 +60,8 @@ class InstabilitySettings:
     twist_hold_s: float = 0.03  # ... over the last this-long before the decision (an impact wobble has passed), s
     unloading_g: float = 0.9  # shank |accel| below this (g) around the collapse: the body drops
     imu_wait_s: float = 1.0  # wait at most this long for IMU data to cover a candidate, s
+    max_step_s: float = 0.25  # a longer step between angle samples (a link gap) breaks the stream: the filters
+    # restart after it as after unknown angles (the orientation bridges shorter gaps), s
 
 
 class InstabilityDetector:
@@ -89,6 +91,7 @@ class InstabilityDetector:
         self._next = 0  # absolute index of the next sample whose crossing is still to be decided
         self._pending: list[int] = []  # candidate crossings (absolute indices) waiting for look-ahead / IMU
         self._refractory_until_ns = np.iinfo(np.int64).min
+        self._last_t_ns: int | None = None
         self.imu = imu
 
     @property
@@ -101,6 +104,7 @@ class InstabilityDetector:
         t_ns = np.asarray(t_ns, np.int64)
         if t_ns.size == 0:
             return []
+        t_ns, flexion_deg, rotation_deg = self._break_at_gaps(t_ns, flexion_deg, rotation_deg)
         f = self._f.process(flexion_deg)
         fr = self._fr.process(flexion_deg)
         rr = self._rr.process(rotation_deg)
@@ -121,6 +125,21 @@ class InstabilityDetector:
         out = self._decide()
         self._hist.trim(self._pending[0] - self._lead - self._acc_span if self._pending else None)
         return out
+
+    def _break_at_gaps(self, t_ns: np.ndarray, flexion_deg: np.ndarray,
+                       rotation_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One unknown (NaN) sample, one period after the last before it, inserted at each step longer than
+        ``max_step_s``: the angles on either side of a link gap are not one movement (the filters, rates and surge
+        windows count samples)."""
+        s = self.settings
+        prev = np.concatenate(([t_ns[0] if self._last_t_ns is None else self._last_t_ns], t_ns[:-1]))
+        self._last_t_ns = int(t_ns[-1])
+        at = np.flatnonzero(t_ns - prev > s.max_step_s * 1e9)
+        if not at.size:
+            return t_ns, np.asarray(flexion_deg, float), np.asarray(rotation_deg, float)
+        t_gap = prev[at] + int(round(1e9 / s.rate_hz))
+        return (np.insert(t_ns, at, t_gap), np.insert(np.asarray(flexion_deg, float), at, np.nan),
+                np.insert(np.asarray(rotation_deg, float), at, np.nan))
 
     def _decide(self) -> list[KinematicEvent]:
         s = self.settings
@@ -162,6 +181,9 @@ class InstabilityDetector:
         if f.size == 0:
             return None
         fr = h.window("fr", o - self._acc_span, o + 1)
+        fr = fr[np.isfinite(fr)]  # right after unknown angles (a link gap) judge with the rates there are
+        if fr.size == 0:
+            return o, None  # no flexion rate at the onset: nothing to extrapolate from
         v0 = float(fr[-1])
         # Deceleration (or an accelerating ascent) just before the onset is extrapolated too: a collapse near
         # the bottom of a descent shows as flexion that stops slowing down.

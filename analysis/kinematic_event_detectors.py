@@ -10,6 +10,10 @@ Wiring (``analysis/knee_pipeline.py``)::
     ...
     kin.finish()
 
+Knee: also pass ``KneeAngles.settling_angles`` of each angle chunk as ``update_angles(..., settling=...)``: the
+flexion and rotation through a long link gap's settling time, where the angles are unknown, for the giving-way
+detector only (a giving way right after a gap is otherwise lost whole).
+
 Shoulders: ``KinematicEvents("shoulder", side)`` with ``{"elevation_deg": e, "plane_deg": p}``: reps, ROM and
 restricted-range locking on the elevation. Angles in degrees, times in ns on the angle stream's clock; the
 results do not depend on how the stream is cut into chunks.
@@ -84,8 +88,12 @@ class KinematicEvents:
         mounting: only magnitudes are used). Feed it before (or with) the angles computed from it."""
         self.imu.update(sensor, t_ns, accel_g, gyro_dps)
 
-    def update_angles(self, t_ns: np.ndarray, angles: Mapping[str, np.ndarray]) -> list[KinematicEvent]:
-        """The next chunk of joint angles (deg) at times ``t_ns`` (int64 ns); returns the events completed."""
+    def update_angles(self, t_ns: np.ndarray, angles: Mapping[str, np.ndarray],
+                      settling: Mapping[str, np.ndarray] | None = None) -> list[KinematicEvent]:
+        """The next chunk of joint angles (deg) at times ``t_ns`` (int64 ns); returns the events completed.
+        ``settling``: knee flexion/rotation (deg) where ``angles`` are unknown in a long gap's settling time
+        (:attr:`analysis.knee_angles.KneeAngles.settling_angles`, NaN elsewhere): their level may be off by
+        several degrees, so only the giving-way detector, which judges their fast changes, takes them."""
         t_ns = np.asarray(t_ns, np.int64)
         if t_ns.size == 0:
             return []
@@ -97,7 +105,12 @@ class KinematicEvents:
             assert self.valgus is not None and self.instability is not None
             out += self.valgus.update(t_ns, f, a, r)
             if "rotation_deg" in angles:
-                gave_way = self.instability.update(t_ns, f, r)
+                fi, ri = f, r
+                if settling is not None and len(settling.get("flexion_deg", ())) == f.size:
+                    sf, sr = (np.asarray(settling.get(k, np.full(f.size, np.nan)), float)
+                              for k in ("flexion_deg", "rotation_deg"))
+                    fi, ri = np.where(np.isnan(f), sf, f), np.where(np.isnan(r), sr, r)
+                gave_way = self.instability.update(t_ns, fi, ri)
                 for ev in gave_way:  # its collapse, hold and recovery are not locking
                     self.rom.note_giving_way(ev.t_ns)
                 out += gave_way

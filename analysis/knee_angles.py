@@ -36,6 +36,10 @@ KNEE_ANGLES = ("flexion_deg", "abduction_deg", "rotation_deg")
 # mean; over half a stride or squat phase the movement's own accelerations still tilt it by > 5 deg, so
 # the angles stay unknown (NaN) for this long (s) after the first sample back.
 GAP_SETTLE_S = 0.5
+# These are also given through that settling time (``KneeAngles.settling_angles``), with the relative heading from
+# before the gap: their level may be off by several degrees (no use for ROM, locking or sound angles), but their
+# fast changes show a giving way right after a link gap (a collapse with a rotational jerk), else lost whole.
+SETTLING_ANGLES = ("flexion_deg", "rotation_deg")
 # Before the calibration completes the abduction is unknown; the aligned orientations of this last stretch
 # (s) are kept so that, once it completes, the abduction of that stretch can be computed after the fact
 # (``take_backfill``): a valgus on the first reps is then still found, late but with its true time.
@@ -67,6 +71,9 @@ class KneeAngles:
     """Feed each sensor's IMU frames (``update("thigh" | "shank", t_ns, accel_g, gyro_dps)``, sensor frame,
     (n, 3)); get ``(t_ns, {"flexion_deg", "abduction_deg", "rotation_deg"})`` (deg) at the thigh's sample
     times as soon as the shank covers them. Identical output however the data are cut into frames.
+
+    After each ``update``, ``settling_angles`` holds the SETTLING_ANGLES of the rows it returned that lie in a long
+    gap's settling time (NaN in the output), NaN elsewhere: for the giving-way detector only.
     """
 
     def __init__(self, rate_hz: float, joint: str = "left_knee",
@@ -86,6 +93,7 @@ class KneeAngles:
         self._backfill: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._forget_at: list[int] = []  # starts (ns) of long gaps the live heading has not yet passed
         self._mount_inv: tuple[KneeCalibration, Rotation, Rotation] | None = None
+        self.settling_angles: dict[str, np.ndarray] = {k: np.empty(0) for k in SETTLING_ANGLES}
 
     @property
     def calibrated(self) -> bool:
@@ -100,9 +108,11 @@ class KneeAngles:
         self._pair.push(sensor, t_ns, np.column_stack((q, accel_g, gyro_dps)))
         t_out, th, sh = self._pair.pop()
         out = {k: np.full(t_out.size, np.nan) for k in KNEE_ANGLES}
+        self.settling_angles = {k: out[k].copy() for k in SETTLING_ANGLES}
         if not t_out.size:
             return t_out, out
         unknown = self._gaps.mask(t_out)
+        settling = self._gaps.settling(t_out)
         self._gaps.prune(int(t_out[-1]))
         start = 0
         if not self.calibrated:
@@ -118,22 +128,51 @@ class KneeAngles:
                 self._forget_at = [t for t in self._forget_at if t >= t_out[min(done, t_out.size - 1)]]
                 self._backfill = self._compute_backfill()
         if start < t_out.size:
-            # Rows inside a gap window are left out of the heading estimate as well as the output.
+            # Rows inside a gap window are left out of the heading estimate as well as the output (the
+            # SETTLING_ANGLES of its settling part go to settling_angles).
             rows = start + np.flatnonzero(~unknown[start:])
-            while rows.size:
+            settle = start + np.flatnonzero(settling[start:])
+            while rows.size or settle.size:
+                if settle.size and (not rows.size or settle[0] < rows[0]):
+                    j = settle.size if not rows.size else int(np.searchsorted(settle, rows[0]))
+                    for name, v in self._settling_angles(th[settle[:j]], sh[settle[:j]]).items():
+                        out[name][settle[:j]] = v
+                    settle = settle[j:]
+                    continue
                 # A long gap before some of these rows: the heading forgets what it knew, from the first row after it.
                 k = rows.size if not self._forget_at else int(np.searchsorted(t_out[rows], self._forget_at[0], "right"))
-                if k:
-                    for name, v in self._calibrated_angles(t_out[rows[:k]], th[rows[:k]], sh[rows[:k]]).items():
-                        out[name][rows[:k]] = v
-                rows = rows[k:]
-                if rows.size:
+                k_settle = rows.size if not settle.size else int(np.searchsorted(rows, settle[0]))
+                if min(k, k_settle):
+                    n = min(k, k_settle)
+                    for name, v in self._calibrated_angles(t_out[rows[:n]], th[rows[:n]], sh[rows[:n]]).items():
+                        out[name][rows[:n]] = v
+                rows = rows[min(k, k_settle):]
+                if rows.size and k <= k_settle:
                     assert self.heading is not None
                     self.heading.forget()
                     self._forget_at.pop(0)
+        settling[:start] = False  # before the calibration the flexion is provisional: none in gap windows
+        self.settling_angles = {k: np.where(settling, out[k], np.nan) for k in SETTLING_ANGLES}
         for v in out.values():
             v[unknown] = np.nan
         return t_out, out
+
+    def _settling_angles(self, th: np.ndarray, sh: np.ndarray) -> dict[str, np.ndarray]:
+        """Flexion and rotation (deg) of aligned rows in the settling part of a gap window, with the relative
+        heading as it was before the gap (not taught by these rows, so it cannot jump). The sensors' inclinations
+        are re-acquired then (fast movement tilts them by several degrees) and the heading may have moved in the
+        gap, so both may be off by several degrees, but their fast changes are mostly the gyroscopes': what a
+        giving way right after a link gap (a collapse with a rotational jerk) shows. The abduction (a few degrees
+        at most, off by as much) stays unknown."""
+        cal, heading = self.calibrator.result, self.heading
+        assert cal is not None and heading is not None
+        if self._mount_inv is None or self._mount_inv[0] is not cal:
+            self._mount_inv = (cal, Rotation.from_matrix(cal.thigh_mounting.T),
+                               Rotation.from_matrix(cal.shank_mounting.T))
+        seg_t = quat_wxyz_to_rotation(th[:, 0:4]) * self._mount_inv[1]
+        seg_s = quat_wxyz_to_rotation(sh[:, 0:4]) * self._mount_inv[2]
+        out = knee_angles_from_segments(seg_t, rot_z(np.full(len(th), heading.delta_rad)) * seg_s, self.joint)
+        return {k: out[k] for k in SETTLING_ANGLES}
 
     def take_backfill(self) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
         """Once, right after the ``update`` in which the calibration completed: ``(t_ns, angles)`` of the samples

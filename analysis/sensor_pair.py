@@ -88,6 +88,7 @@ class GapWindows:
         self.settle_ns = int(round(settle_s * 1e9))
         self._start = np.empty(0, np.int64)
         self._end = np.empty(0, np.int64)
+        self._resume = np.empty(0, np.int64)
         self.added = 0  # windows added so far
         self._recent: deque[int] = deque(maxlen=16)
 
@@ -105,6 +106,7 @@ class GapWindows:
     def add(self, last_before_ns: int, resume_ns: int) -> None:
         self._start = np.append(self._start, np.int64(last_before_ns))
         self._end = np.append(self._end, np.int64(resume_ns + self.settle_ns))
+        self._resume = np.append(self._resume, np.int64(resume_ns))
         self._recent.append(int(last_before_ns))
         self.added += 1
 
@@ -118,6 +120,15 @@ class GapWindows:
             return np.zeros(t.size, bool)
         return ((t[:, None] > self._start[None, :]) & (t[:, None] < self._end[None, :])).any(axis=1)
 
+    def settling(self, t_ns: np.ndarray) -> np.ndarray:
+        """(n,) True where ``t_ns`` is in a window's settling part only (on or after its sensor's resume, covered
+        by no window's gap proper): the orientation is back, its inclination still re-converging."""
+        t = np.asarray(t_ns, np.int64)
+        if not self._start.size:
+            return np.zeros(t.size, bool)
+        gap = ((t[:, None] > self._start[None, :]) & (t[:, None] < self._resume[None, :])).any(axis=1)
+        return self.mask(t) & ~gap
+
     def prune(self, forget_before_ns: int) -> None:
         keep = self._end >= forget_before_ns
-        self._start, self._end = self._start[keep], self._end[keep]
+        self._start, self._end, self._resume = self._start[keep], self._end[keep], self._resume[keep]

@@ -139,6 +139,55 @@ def test_unknown_angles_around_a_giving_way_never_give_a_nan_event():
             assert 0.0 <= je.confidence <= 1.0
 
 
+def test_giving_way_right_after_a_link_gap_is_found():
+    """No samples for 1.4 s (a link gap), then the angles resume unknown for the settling time (0.5 s) and the knee
+    gives way 60 ms later. The knee angles' settling flexion and rotation (level off by some degrees: the rotation
+    here by 5, the heading moved in the gap) go to the giving-way detector only: found at its onset, judged with the
+    samples there are since the gap, in any framing; the same gap before a plain ascent finds nothing, and the
+    coupling is not taught by the step across the gap (the angles on either side of it are not one movement)."""
+    from analysis.instability_detector import InstabilityDetector
+
+    t = np.arange(0, 20, 1 / RATE)
+    base = min_jerk(squats(5, down=0.8, up=0.8, pause=1.0), t)
+    extra_f, extra_r = giving_way(t, 11.06)
+    keep = ~((t > 9.6) & (t < 11.0))  # no samples at all inside the gap
+    settling = keep & (t > 9.6) & (t < 11.5)
+    rng = np.random.default_rng(3)
+    acc = np.tile([0.0, 0.0, 1.0], (t.size, 1)) + rng.normal(0, 0.02, (t.size, 3))
+    for collapse, want in ((True, 1), (False, 0)):
+        ang = knee_angles(t, base + (extra_f if collapse else 0.0))
+        ang["rotation_deg"] = ang["rotation_deg"] + (extra_r if collapse else 0.0) + np.where(t > 9.6, 5.0, 0.0)
+        settle = {k: np.where(settling, ang[k], np.nan) for k in ("flexion_deg", "rotation_deg")}
+        for k in ang:
+            ang[k][settling] = np.nan
+        if collapse:  # the angles alone (unknown through the collapse) miss it
+            assert of(run("knee", t[keep], {k: v[keep] for k, v in ang.items()}), "instability") == []
+        for frame in (10, 37, t.size):
+            kin = KinematicEvents("knee", "left")
+            ev = []
+            idx = np.flatnonzero(keep)
+            for i in range(0, idx.size, frame):
+                sl = idx[i:i + frame]
+                t_ns = np.round(t[sl] * 1e9).astype(np.int64)
+                for name in ("shank", "thigh"):
+                    kin.update_imu(name, t_ns, acc[sl], np.zeros((sl.size, 3)))
+                ev += kin.update_angles(t_ns, {k: v[sl] for k, v in ang.items()}, {k: v[sl] for k, v in settle.items()})
+            ev = of(ev, "instability")
+            assert len(ev) == want, (collapse, frame, ev)
+            if want:
+                assert abs(ev[0].t_ns / 1e9 - 11.06) < 0.05 and ev[0].magnitude >= 8.0, ev[0]
+                assert ev[0].details["decided_after_s"] < 0.2 and np.isfinite(ev[0].confidence), ev[0]
+    det = InstabilityDetector()
+    t_ns = np.round(t * 1e9).astype(np.int64)
+    both = {k: np.where(settling, settle[k], ang[k]) for k in settle}
+    before = keep & (t < 9.6)
+    det.update(t_ns[before], both["flexion_deg"][before], both["rotation_deg"][before])
+    k0 = det.coupling
+    after = keep & (t > 9.6) & (t < 11.2)
+    det.update(t_ns[after], both["flexion_deg"][after], both["rotation_deg"][after])
+    assert det.coupling == pytest.approx(k0, abs=0.005), (k0, det.coupling)
+
+
 def test_collapse_without_rotational_jerk_is_not_instability():
     t = np.arange(0, 8, 1 / RATE)
     extra_f, _ = giving_way(t, 4.0)

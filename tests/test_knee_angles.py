@@ -210,6 +210,48 @@ def test_heading_after_a_long_gap_is_unknown_until_the_movement_shows_it(squat):
         assert np.abs(err).max() < limit, (k, np.abs(err).max())
 
 
+def test_settling_angles_show_a_giving_way_right_after_a_gap():
+    """A 1.4 s disconnect of both sensors ends 60 ms before the knee gives way. Through the gap's settling time the
+    angles stay unknown, but ``settling_angles`` gives the flexion and the rotation (the heading from before the
+    gap): off by several degrees while the re-acquired inclinations take in the collapse's accelerations, yet the
+    giving way (a collapse with a rotational jerk) is found from them at its onset. (Without them the whole
+    episode was lost.)"""
+    from analysis.kinematic_event_detectors import KinematicEvents
+
+    t0 = 12.3
+    sim = simulate_session(scenario_from_dict({
+        "seed": 11, "duration_s": 16.0, "athlete": "ath-001", "joint": "right_knee", "exercise": "bodyweight_squat",
+        "mounting": {"misalignment_deg": 12.0}, "events": {"instability": {"times_s": [t0]}}}, "test"))
+    i1 = int(np.searchsorted(sim.truth_t_s, t0 - 0.06))
+    i0 = i1 - 280
+    ka, kin = KneeAngles(200.0, sim.joint), KinematicEvents("knee", "right")
+    t_ns = np.round(sim.sensors["thigh"].imu_t_s() * 1e9).astype(np.int64)
+    ts, flex, settle, events, chunks = [], [], [], [], []
+    for i in range(0, t_ns.size, 10):
+        for name in ("shank", "thigh"):
+            keep = np.arange(i, min(i + 10, t_ns.size))
+            keep = keep[(keep < i0) | (keep >= i1)]
+            if keep.size:
+                sig = sim.sensors[name]
+                t, a = ka.update(name, t_ns[keep], sig.accel_g()[keep], sig.gyro_dps()[keep], int(keep[0]))
+                ts.append(t / 1e9)
+                flex.append(a["flexion_deg"])
+                settle.append(ka.settling_angles["flexion_deg"])
+                assert all(v.size == t.size for v in ka.settling_angles.values())
+                events += kin.update_angles(t, a, ka.settling_angles)
+                chunks.append((t, a))
+    ts, flex, settle = np.concatenate(ts), np.concatenate(flex), np.concatenate(settle)
+    settling = (ts >= sim.truth_t_s[i1]) & (ts < sim.truth_t_s[i1] + GAP_SETTLE_S)
+    assert settling.sum() > 90 and np.isnan(flex[settling]).all() and np.isnan(settle[~settling]).all()
+    err = settle[settling] - np.interp(ts[settling], sim.truth_t_s, sim.truth_angles["flexion_deg"])
+    assert np.abs(err).max() < 10.0 and np.sqrt(np.mean(err**2)) < 5.0, err
+    found = [e for e in events if e.type == "instability"]
+    assert len(found) == 1 and abs(found[0].t_ns / 1e9 - t0) < 0.1, found
+    # Without them (the angles alone, unknown there) it is missed.
+    alone = KinematicEvents("knee", "right")
+    assert not [e for t, a in chunks for e in alone.update_angles(t, a) if e.type == "instability"]
+
+
 def test_gaps_same_output_whole_or_in_frames(squat):
     # The gaps found from sample times in one whole array equal those from the indices of frames.
     drop = {"thigh": [(2400, 2410)], "shank": [(3000, 3300)]}
