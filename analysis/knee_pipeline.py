@@ -209,7 +209,9 @@ class KneePipeline:
         The kinematic events (:class:`KinematicEvents`: valgus, instability, reps with ROM, locking) get every
         IMU chunk in ``_on_imu`` (also those that complete no angles) and the angles here.
         """
-        self._emit_kinematic(self._kin.update_angles(t_ns, angles))
+        # Through a long gap's settling time the giving-way detector alone gets provisional flexion and rotation.
+        settling = self._angles.settling_angles if isinstance(self._angles, KneeAngles) else None
+        self._emit_kinematic(self._kin.update_angles(t_ns, angles, settling))
 
     def _emit_kinematic(self, events: list[KinematicEvent]) -> None:
         """Kinematic events -> JointEvents; a rep also goes to ``self.reps`` (its event keeps the rep format:
