@@ -95,7 +95,13 @@ class StreamAssembler:
             step = (pkt.seq - self._last_seq) & 0xFFFF
             t0_us = self._unwrap(pkt.t0_us)
             clock_back = t0_us < self._last_t0_us - REORDER_WINDOW_US
-            if (step == 0 or step >= 0x8000) and not clock_back:  # duplicate or behind the newest packet
+            # A duplicated or re-ordered packet is behind the newest one in its clock too. A sequence that goes
+            # back while the clock leaps ahead is a reboot: its clock restarted at 0, which the u32 unwrap reads
+            # as a leap ahead when the old clock was past 2^31 us (a sensor up for > 36 min), so judged by the
+            # clock going back alone its packets were dropped as stale until the new clock passed old - 2^31.
+            behind = step == 0 or step >= 0x8000
+            clock_leap = behind and t0_us > self._last_t0_us + REORDER_WINDOW_US
+            if behind and not clock_back and not clock_leap:  # duplicate or behind the newest packet
                 self.counters["stale_seq"] += 1
                 self._warn.warning("stale", "%s: stale sequence %d after %d, dropped", self.label, pkt.seq,
                                    self._last_seq)
@@ -104,7 +110,7 @@ class StreamAssembler:
             # jump the clock does not account for (less than half the packets' time passed) is a reboot.
             pkt_us = pkt.samples.shape[0] * 1e6 / pkt.rate_hz
             long_jump = step > SEQ_REBOOT_JUMP and (t0_us - self._last_t0_us) < 0.5 * (step - 1) * pkt_us
-            if long_jump or clock_back or pkt.rate_hz != self._rate_hz:
+            if long_jump or clock_back or clock_leap or pkt.rate_hz != self._rate_hz:
                 # The sensor restarted (or was reconfigured): close what we have, start a new stream.
                 self.counters["restarts"] += 1
                 log.warning("%s: stream restart (seq %d -> %d)", self.label, self._last_seq, pkt.seq)

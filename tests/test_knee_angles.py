@@ -284,3 +284,27 @@ def test_flexion_rmse_target_with_link_faults(tmp_path, exercise, seed, link):
     record_simulated_session(sim, tmp_path / "s.jmrec")
     rmse = evaluate_session(tmp_path / "s.jmrec").score.as_dict()["angle_rmse_deg"]
     assert rmse["flexion_deg"] < 3.5, rmse
+
+
+def test_angles_known_again_within_a_second_after_a_reboot(tmp_path):
+    """A sensor up for > 36 min (its u32 microsecond clock past 2^31) reboots: the gateway must take its restarted
+    stream at once. Its packets were dropped as stale until the new clock passed the old one - 2^31 us (4-11 s on
+    the standard set), and the knee angles stayed unknown that long after the link came back."""
+    from analysis.offline import analyze_path
+    from firmware_sim.link_faults import REBOOT_OUTAGE_S
+    from sensor_gateway.recorder import record_simulated_session
+
+    reboot_s = 7.0
+    sim = simulate_session(scenario_from_dict({
+        "seed": 6, "duration_s": 14.0, "athlete": "ath-001", "joint": "left_knee", "exercise": "forward_lunge",
+        "mounting": {"misalignment_deg": 12.0},
+        "link": {"reboot_at_s": reboot_s, "clock_offset_us": 2_150_000_000}}, "test"))
+    record_simulated_session(sim, tmp_path / "s.jmrec")
+    result = analyze_path(tmp_path / "s.jmrec")
+    (t_ns, angles), = result.angles.values()
+    t_s = (t_ns - result.origin_ns) / 1e9
+    flex = angles["flexion_deg"]
+    back = reboot_s + REBOOT_OUTAGE_S + 1.0
+    after = (t_s > back) & (t_s < back + 2.0)
+    assert np.count_nonzero(after) > 90 and np.isfinite(flex[after]).all()  # 50 Hz angle store, no hole
+    assert np.isnan(flex[(t_s > reboot_s + 0.1) & (t_s < reboot_s + REBOOT_OUTAGE_S)]).all()

@@ -124,3 +124,24 @@ def test_reboot_reanchors_the_clock():
     # ... and the reboot is reported as a gap ending there.
     gaps = asm.take_gaps()
     assert [g.reason for g in gaps] == ["reboot"] and gaps[0].t_start_ns + gaps[0].duration_ns == restarted.t0_ns
+
+
+def test_reboot_of_a_sensor_up_past_half_the_clock_range_restarts_at_once():
+    # Up > 2^31 us (36 min): the restarted clock (0) read through the u32 unwrap looks ahead of the old one, not
+    # back; with the sequence back too it is a reboot, not stale packets to drop until the clock passes old - 2^31.
+    asm = StreamAssembler(StreamType.MIC_PCM16, ClockMap())
+    first = mic_packets(16, t_start_us=2_151_641_884, seq_start=400)
+    after = mic_packets(8, t_start_us=0, seq_start=0)
+    frames = push_all(asm, first + after)
+    assert asm.counters["restarts"] == 1 and asm.counters["stale_seq"] == 0
+    assert sum(f.count for f in frames) == 2400
+    assert [f.first_index for f in frames if f.flags & FLAG_GAP_BEFORE] == [0]
+
+
+def test_stale_packet_with_a_wrapped_clock_is_still_stale():
+    # Across the u32 clock wrap a re-ordered packet stays behind the newest one: dropped, no restart.
+    packets = mic_packets(20, t_start_us=(1 << 32) - 20_000, seq_start=100)
+    asm = StreamAssembler(StreamType.MIC_PCM16, ClockMap())
+    frames = push_all(asm, packets[:15] + [packets[3]] + packets[15:])
+    assert asm.counters["stale_seq"] == 1 and asm.counters["restarts"] == 0
+    assert sum(f.count for f in frames) == 2000
