@@ -78,6 +78,13 @@ class SoundSettings:
     coherent_min_db: float = 9.5
     coherent_max_width_s: float = 0.007
     incoherent_max: float = 0.3
+    # A click during an impact's veto window is still a click: an impact's crack rings mostly below 2 kHz (ss
+    # impact sessions: 0.07-0.21 of the vetoed cracks' excess above 2 kHz, 5-95 %) with its thud right after it,
+    # while a cavitation click is a 2-6 kHz resonance with nothing below (0.75-0.96). A high-band burst with at least
+    # ``impact_click_min_hf`` of its excess above 2 kHz, ``click_min_db`` loud and no thud tail (``thud_min_db``)
+    # is kept through the impact veto, as a click only: where crepitus grinds (recent trains), only when it stands
+    # out from their bursts (see ``standout_db``).
+    impact_click_min_hf: float = 0.6
     thud_min_db: float = 16.0  # dB over the background (joint sounds' tails: 95 % below ~15 dB)
     thud_below_level_db: float = 10.0  # ... and at most this far below the burst itself (very loud clicks leak), dB
     zone_margin_deg: float = 4.0  # a burst this close to the angle of bursts of earlier trains is crepitus, deg
@@ -558,7 +565,13 @@ class SoundTracker:
             while n < len(self._bursts) and self._bursts[n].t_ns - first <= merge:
                 n += 1
             burst, self._bursts = self._bursts[:n], self._bursts[n:]
-            burst = [c for c in burst if not self.impacts.near(c.t_ns)]
+            near = [c for c in burst if self.impacts.near(c.t_ns)]
+            if near:  # an impact's crack, unless a click (never a crepitus burst: grinding is not judged here)
+                click = [c for c in near if self._click_like(c)]
+                if not click or (len(self._train_ref(burst[0].t_ns)) >= s.standout_min_ref
+                                 and not self._stands_out(click)):
+                    click = []
+                burst = [c for c in burst if c not in near or c in click]
             self.vetoed += n - len(burst)
             if not burst:
                 continue
@@ -578,6 +591,13 @@ class SoundTracker:
                 and (len(self._group) < 2 or now_ns - hold - self._group[-1][0].t_ns > gap):
             out += self._close()
         return out
+
+    def _click_like(self, c: _Cand) -> bool:
+        """Whether ``c`` is a cavitation click's high band, not an impact's crack (see ``impact_click_min_hf``)."""
+        s, tr = self.settings, c.tr
+        return (s.impact_click_min_hf <= 1.0 and tr.band == "high" and tr.hf_fraction >= s.impact_click_min_hf
+                and tr.level_db >= s.classifier.click_min_db
+                and tr.lf_db < max(s.thud_min_db, tr.level_db - s.thud_below_level_db))
 
     def _rearm(self, t_ns: int, direction: float) -> None:
         """A new movement cycle (see ``SoundSettings``): silence, a foot strike in a gait, or a cyclic swing
@@ -608,16 +628,18 @@ class SoundTracker:
     def _stands_out(self, burst: list[_Cand]) -> bool:
         """Whether ``burst`` is far louder and higher-pitched than the recent trains' bursts (a click)."""
         s = self.settings
-        t = burst[0].t_ns
-        while self._train_bursts and self._train_bursts[0][0] < t - round(s.zone_keep_s * 1e9):
-            self._train_bursts.popleft()
-        ref = [(lvl, hf) for _, lvl, hf in self._train_bursts]
-        ref += [self._burst_stats(b) for b in self._group]
+        ref = self._train_ref(burst[0].t_ns)
         if len(ref) < s.standout_min_ref:
             return False
         lvl, hf = self._burst_stats(burst)
         return bool(lvl >= np.percentile([r[0] for r in ref], 90) + s.standout_db
                     and hf >= max(s.standout_min_hf, float(np.median([r[1] for r in ref])) + s.standout_hf_margin))
+
+    def _train_ref(self, t_ns: int) -> list[tuple[float, float]]:
+        """(level dB, hf fraction) of the bursts of the trains of the last ``zone_keep_s`` and the open group."""
+        while self._train_bursts and self._train_bursts[0][0] < t_ns - round(self.settings.zone_keep_s * 1e9):
+            self._train_bursts.popleft()
+        return [(lvl, hf) for _, lvl, hf in self._train_bursts] + [self._burst_stats(b) for b in self._group]
 
     @staticmethod
     def _burst_stats(burst: list[_Cand]) -> tuple[float, float]:
