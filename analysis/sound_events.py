@@ -164,6 +164,12 @@ class SoundSettings:
     standout_min_hf: float = 0.6
     standout_hf_margin: float = 0.1
     standout_min_ref: int = 3  # reference bursts needed to judge, else nothing stands out
+    # ... or only ``standout_tone_db`` louder when what both microphones share is one decaying tone above the
+    # grinding's 0.4-3 kHz ring (``PairStats``: tonality >= ``standout_tone_min`` at >= ``standout_tone_hz``): a
+    # cavitation click's 2-6 kHz resonance (grinding is mostly noise; its ring never reaches 3 kHz).
+    standout_tone_min: float = 0.6
+    standout_tone_hz: float = 3000.0
+    standout_tone_db: float = 0.0
 
     train_tail_s: float = 0.5
 
@@ -632,7 +638,9 @@ class SoundTracker:
         if len(ref) < s.standout_min_ref:
             return False
         lvl, hf = self._burst_stats(burst)
-        return bool(lvl >= np.percentile([r[0] for r in ref], 90) + s.standout_db
+        pair = next((c.pair for c in burst if c.pair is not None), None)
+        tonal = pair is not None and pair.tonality >= s.standout_tone_min and pair.peak_hz >= s.standout_tone_hz
+        return bool(lvl >= np.percentile([r[0] for r in ref], 90) + (s.standout_tone_db if tonal else s.standout_db)
                     and hf >= max(s.standout_min_hf, float(np.median([r[1] for r in ref])) + s.standout_hf_margin))
 
     def _train_ref(self, t_ns: int) -> list[tuple[float, float]]:

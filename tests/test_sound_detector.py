@@ -1,12 +1,13 @@
 """Joint-sound detection on hand-made signals: transients, classes, impact veto, streaming equivalence."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from analysis.sound_events import SoundTracker
+from analysis.sound_events import SoundSettings, SoundTracker
 from analysis.transient_detector import TransientDetector
 
 FS = 16000
@@ -105,6 +106,40 @@ def test_footstep_is_vetoed_by_the_imu_and_not_a_click_without_it():
     assert sounds(x, imu_impacts_s=(1.5,)) == []
     # Without the IMU, the crack's spectrum (mostly below 2 kHz) still keeps it from being a click.
     assert "click" not in [e.type for e in sounds(x)]
+
+
+def test_a_click_during_an_impact_is_still_a_click():
+    # A 3.5 kHz resonance with no thud tail, inside the impact veto window (0-20 ms before the IMU's jump).
+    for dt in (0.0, 0.01, 0.02):
+        x = noise(3.0, seed=4)
+        add_at(x, 1.5, click())
+        ev = sounds(x, imu_impacts_s=(1.5 + dt,))
+        assert [e.type for e in ev] == ["click"] and abs(ev[0].stream_t_s - 1.5) < 0.003
+
+
+def test_a_tonal_click_inside_a_crepitus_train_stands_out():
+    """A 4 kHz click between the bursts of a train, about as loud as its loudest ones: what both microphones share
+    is one tone above the grinding's 0.4-3 kHz, so it is a click; without that test it is one more burst."""
+    x = noise(4.0, seed=2)
+    rng = np.random.default_rng(5)
+    times = 1.0 + np.cumsum(rng.uniform(0.02, 0.06, 14))
+    for k, t in enumerate(times):
+        add_at(x, t, burst(0.03, rng.uniform(600, 2500), k))
+    t_click = (times[6] + times[7]) / 2
+    add_at(x, t_click, click(0.05, 4000.0))
+
+    def run(settings: SoundSettings) -> list:
+        det, tr = TransientDetector(), SoundTracker(settings)
+        t_ns = (np.arange(round(x.size / FS * 200)) * 5e6).astype(np.int64)
+        tr.on_imu("shank", t_ns, np.tile([0.0, 0.0, 1.0], (t_ns.size, 1)))
+        tr.on_angles(t_ns, 10.0 + 20.0 * t_ns / 1e9)
+        tr.on_mic("shank", 0, FS, x)
+        for c in det.process(x) + det.flush():
+            tr.add("shank", round(c.index / FS * 1e9), c.index / FS, c)
+        return [(e.type, round(e.stream_t_s, 2)) for e in tr.flush()]
+
+    assert run(SoundSettings()) == [("crepitus", round(times[0], 2)), ("click", round(t_click, 2))]
+    assert run(replace(SoundSettings(), standout_tone_hz=1e9)) == [("crepitus", round(times[0], 2))]
 
 
 def test_hum_rumble_and_rubbing_alone_give_no_sound():
