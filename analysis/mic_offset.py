@@ -2,7 +2,7 @@
 
 Each sensor's samples get wall-clock times from its own clock map (sensor_gateway/clock_map.py). On a
 recording the two maps agree to a sample; live they differ by the two fits' errors: 1-2 ms after the first
-seconds, several ms on a loaded host, converging over tens of seconds (slew <= 0.5 ms/s). A clear joint sound
+seconds, more on a starved host, converging over tens of seconds (slew <= 0.5 ms/s). A clear joint sound
 (click, burst) is the same waveform on both microphones, so its lag (:func:`analysis.sound_coherence.lag_scan`)
 measures the offset. Written by hand: it is one number and a rule for trusting it, no library needed.
 """

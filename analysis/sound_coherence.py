@@ -33,7 +33,10 @@ class CoherenceSettings:
     # Lags tried around the tracked offset, samples each way (the offset moves between clear sounds: the clock
     # maps slew by up to 0.5 ms/s while they converge).
     max_lag: int = 3
-    search_s: float = 0.050  # offsets scanned for on a clear sound, s each way (a loaded host: 30 ms seen)
+    # Offsets scanned for on a clear sound, s each way: live they are 1-2 ms, but a starved gateway host or sensors
+    # started apart (the Bumble simulation once put 40 ms between them) give tens; the scan only runs on a sound
+    # both microphones had, so the width costs little and chance matches stay below ``confident``.
+    search_s: float = 0.050
     confident: float = 0.8  # a scan this correlated is one sound heard by both: its lag is the offset
     keep_s: float = 0.8  # samples kept per microphone, s (decisions come <= ~0.3 s after the sound)
     tone_band_hz: tuple[float, float] = (400.0, 7000.0)  # where a burst's spectrum is judged for a tone

@@ -15,8 +15,9 @@ faults, battery and status as the simulated link); this module is the radio side
 * **Flow**: like firmware, the sensor hands notifications to its BLE stack only while the stack has
   room (the HCI controller's ACL buffers, i.e. the link's flow control), and keeps the rest in a TX
   ring of ``tx_buffer_packets``; a full ring drops its oldest packet, counted per stream
-  (``tx_overflow_<stream>``). Nothing is lost silently: every packet the core produced is either
-  notified or counted under one reason (see :attr:`BleSensor.counters`).
+  (``tx_overflow_<stream>``; ``tx_overflow_unseen_<stream>`` those of them overwritten before the stream's
+  first notification, which no gateway can see as a gap). Nothing is lost silently: every packet the core
+  produced is either notified or counted under one reason (see :attr:`BleSensor.counters`).
 * **Control** (write with response, §1): ``0x01`` START, ``0x02`` STOP, and (proposed, compatible
   additions) ``0x03`` + u16 IMU rate Hz + u16 mic rate Hz and ``0x04`` + u8 mic stream type (2 = PCM16,
   3 = IMA ADPCM). Rates and codec are taken while the sampling session has not started (before the
@@ -135,6 +136,17 @@ class _AttError(att.ATT_Error):
         super().__init__(error_code=code, message=message)
 
 
+@dataclasses.dataclass
+class SessionWorld:
+    """What the sensors of one simulated session share: the instant the session's first START switched them all
+    on (event-loop time, s). The gateway connects and starts sensors one after another (tens of ms apart); real
+    sensors still sample one world at one time, so a sensor started later begins at the shared session time 0 and
+    sends what it sampled meanwhile at once. Without it, each sensor's signals started at its own START and the
+    same click lay tens of ms apart on the two sensors' wall clocks."""
+
+    t0_loop_s: float | None = None
+
+
 class BleSensor:
     """One simulated sensor on a Bumble :class:`~bumble.device.Device` (not yet powered on).
 
@@ -158,7 +170,8 @@ class BleSensor:
                  speed: float = 1.0, clock_offset_us: int = 0, seed: int = 0,
                  drops_at_s: Sequence[float] = (), stalls_at_s: Sequence[float] = (),
                  tx_buffer_packets: int = TX_BUFFER_PACKETS,
-                 name_in_adv_data: bool = False, adv_interval_ms: float = ADV_INTERVAL_MS) -> None:
+                 name_in_adv_data: bool = False, adv_interval_ms: float = ADV_INTERVAL_MS,
+                 world: SessionWorld | None = None) -> None:
         if tx_buffer_packets < 1:
             raise ValueError(f"tx_buffer_packets must be >= 1, got {tx_buffer_packets}")
         self.device = device
@@ -186,6 +199,7 @@ class BleSensor:
         self.on_air = True  # advertising allowed (False: rebooting, out of range, switched off)
         self.link_events: list[tuple[float, str]] = []  # (session s, event) as the radio saw them
         self._loop_t0: float | None = None  # event loop time of session time 0
+        self.world = world  # shared with the session's other sensors: they sample one world from one instant
         self._tx: deque[tuple[str, bytes]] = deque()
         self._tx_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -274,7 +288,12 @@ class BleSensor:
             core = await self._core()
             for uuid, stream in STREAM_OF_CHAR.items():
                 await core.start_notify(uuid, self._core_callback(stream))
-            self._loop_t0 = asyncio.get_running_loop().time()
+            now = asyncio.get_running_loop().time()
+            if self.world is not None:  # the session's first START switched every sensor on
+                if self.world.t0_loop_s is None:
+                    self.world.t0_loop_s = now
+                core.start_loop_s = self.world.t0_loop_s
+            self._loop_t0 = now if self.world is None else self.world.t0_loop_s
             self._spawn(self._run_core())
             self._spawn(self._run_link_faults())
 
@@ -327,6 +346,10 @@ class BleSensor:
         if len(self._tx) >= self.tx_buffer_packets:
             old_stream, _ = self._tx.popleft()  # a ring: the oldest goes, as firmware overwrites it
             self.counters[f"tx_overflow_{old_stream}"] += 1
+            if not self.counters[f"notified_{old_stream}"]:
+                # Before the stream's first notification (a sensor started late catching up on the session): the
+                # gateway cannot see these as a sequence gap, so they are counted apart too.
+                self.counters[f"tx_overflow_unseen_{old_stream}"] += 1
         self._tx.append((stream, data))
         self._tx_wake.set()
 
@@ -533,6 +556,8 @@ class BleSensor:
         """Packets per stream the gateway cannot have received, by reason (the core's drops included)."""
         out: Counter[str] = Counter()
         for key, n in self.counters.items():
+            if key.startswith("tx_overflow_unseen_"):  # a part of tx_overflow_<stream>, not more packets
+                continue
             for reason in ("tx_overflow", "unsent", "not_connected", "stalled", "not_started", "not_subscribed",
                            "in_flight_lost", "mtu_too_small"):
                 if key == reason or key.startswith(reason + "_"):

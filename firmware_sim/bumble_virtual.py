@@ -39,7 +39,7 @@ from bumble.link import LocalLink
 from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink
 
-from firmware_sim.ble_peripheral import BleSensor, static_address
+from firmware_sim.ble_peripheral import BleSensor, SessionWorld, static_address
 from firmware_sim.link_faults import LinkFaults, link_faults_for_sensors
 from firmware_sim.session import SimulatedSession
 from jointmon.bumble_host import QuietHost
@@ -194,6 +194,7 @@ def ble_sensors_for_session(sim: SimulatedSession, device_for: Callable[[str], D
     ``faults``: a ``[link]`` table or LinkFaults per segment (else the session's own ``link`` table)."""
     drops_at_s, stalls_at_s = drops_at_s or {}, stalls_at_s or {}
     names = sorted(sim.sensors)
+    world = SessionWorld()  # one session time 0 for all of them
     table = faults if faults is not None else getattr(sim, "link", None)
     if table and all(isinstance(v, LinkFaults) for v in table.values()):
         per_sensor = {n: table.get(n) or LinkFaults() for n in names}
@@ -204,7 +205,8 @@ def ble_sensors_for_session(sim: SimulatedSession, device_for: Callable[[str], D
                            faults=per_sensor[segment], speed=speed,
                            clock_offset_us=SIM_CLOCK_OFFSETS_US.get(segment, 0),
                            seed=int(getattr(sim, "seed", 0)), drops_at_s=drops_at_s.get(segment, ()),
-                           stalls_at_s=stalls_at_s.get(segment, ()), name_in_adv_data=name_in_adv_data, **kwargs)
+                           stalls_at_s=stalls_at_s.get(segment, ()), name_in_adv_data=name_in_adv_data, world=world,
+                           **kwargs)
         for i, segment in enumerate(names, start=1)
     }
 

@@ -164,6 +164,9 @@ class SimulatedPeripheral:
         self.clock_offset_us = int(clock_offset_us) + self.faults.clock_offset_us
         self.start_wall_ns: int | None = None  # wall clock of session time 0 (Unix ns): run() sets it, unless
         # preset for a fast run (so several sensors share one session clock)
+        # Real time: event-loop time of session time 0, when the sensors of one session were switched on together
+        # and this one is started later (it sends what it sampled meanwhile at once); None: run() starts it.
+        self.start_loop_s: float | None = None
         self.packets_sent: dict[str, int] = dict.fromkeys(STREAMS, 0)  # delivered to a subscribed callback
         self.samples_sent: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self.packets_dropped: dict[str, int] = dict.fromkeys(STREAMS, 0)  # lost over the air (drops, drop_rate)
@@ -333,6 +336,9 @@ class SimulatedPeripheral:
         start = self._loop.time()
         if self.realtime or self.start_wall_ns is None:  # in real time, session time 0 is now, whatever was preset
             self.start_wall_ns = time.time_ns()
+        if self.realtime and self.start_loop_s is not None and self.start_loop_s <= start:
+            self.start_wall_ns -= round((start - self.start_loop_s) * 1e9)
+            start = self.start_loop_s
         start_ns = self.start_wall_ns
         since_yield = 0
         for note in self._schedule:
