@@ -23,13 +23,15 @@ from jointmon.packets import (
     StreamType,
     channel_scale,
     decode_packet,
+    encode_adpcm_packet,
     encode_packet,
     imu_range_code,
     to_int16,
 )
 
 IMU, MIC = StreamType.IMU, StreamType.MIC_PCM16
-ALL_REASONS = {"truncated", "oversize", "bad_crc", "bad_version", "bad_stream", "bad_count", "bad_range", "bad_rate"}
+ALL_REASONS = {"truncated", "oversize", "bad_crc", "bad_version", "bad_stream", "bad_count", "bad_range", "bad_rate",
+               "bad_codec_state"}
 
 
 def _samples(stream: StreamType, count: int, seed: int = 0) -> np.ndarray:
@@ -330,8 +332,14 @@ def test_every_documented_reason_is_reachable() -> None:
         _reason(_patch(_valid(), 10, b"\x00")),
         _reason(_patch(_valid(), 11, b"\x50")),
         _reason(_patch(_valid(), 8, b"\x00\x00")),
+        _reason(_patch(_adpcm(), HEADER.size + 2, bytes([89]))),  # ADPCM step index past the table's 88
     }
     assert seen == ALL_REASONS
+
+
+def _adpcm() -> bytes:
+    data, _ = encode_adpcm_packet(1, 1000, 16000, _samples(MIC, 20), (0, 0))
+    return data
 
 
 # --- fuzzing ---------------------------------------------------------------------------------------
@@ -344,6 +352,11 @@ def _check_decode_contract(data: bytes) -> None:
         assert exc.reason in ALL_REASONS
         return
     assert isinstance(p, Packet)
+    if p.codec == "ima_adpcm":  # lossy: the decoded samples re-encode as PCM16, not to these bytes
+        count = HEADER.unpack_from(data)[5]
+        assert p.samples.dtype == np.int16 and p.samples.shape == (count, 1)
+        assert np.array_equal(decode_packet(data).samples, p.samples)  # deterministic
+        return
     assert encode_packet(p.stream, p.seq, p.t0_us, p.rate_hz, p.range_code, p.samples) == data
 
 
