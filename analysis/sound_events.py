@@ -281,7 +281,7 @@ class SoundTracker:
             return None
         if len(hist) == 1:
             return pair_stats(a, None, rate, cs.band_hz, cs.max_lag, cs.tone_band_hz, cs.tone_halfwidth_hz)
-        b = hist[1].window(t0 + round((self.offset.samples or 0) * 1e9 / rate), n)
+        b = hist[1].window(t0 + self._offset_ns(list(self._mic_hist)[1]), n)
         if b is None:
             return None
         return pair_stats(a, b, rate, cs.band_hz, cs.max_lag, cs.tone_band_hz, cs.tone_halfwidth_hz)
@@ -344,7 +344,7 @@ class SoundTracker:
             for c in group:
                 c.pair = pair
                 tr = c.tr
-                thud = tr.lf_db >= max(s.thud_min_db, tr.level_db - s.thud_below_level_db)  # an impact's crack
+                thud = self._thud(tr)  # an impact's crack
                 if is_burst(tr, s.classifier) and not thud:
                     if coh is not None and coh < s.incoherent_max:
                         self.incoherent += 1
@@ -602,8 +602,13 @@ class SoundTracker:
         """Whether ``c`` is a cavitation click's high band, not an impact's crack (see ``impact_click_min_hf``)."""
         s, tr = self.settings, c.tr
         return (s.impact_click_min_hf <= 1.0 and tr.band == "high" and tr.hf_fraction >= s.impact_click_min_hf
-                and tr.level_db >= s.classifier.click_min_db
-                and tr.lf_db < max(s.thud_min_db, tr.level_db - s.thud_below_level_db))
+                and tr.level_db >= s.classifier.click_min_db and not self._thud(tr))
+
+    def _thud(self, tr: Transient) -> bool:
+        """Whether ``tr`` has an impact's thud tail: 0-500 Hz power after it ``thud_min_db`` over the background and
+        at most ``thud_below_level_db`` below the transient itself."""
+        s = self.settings
+        return tr.lf_db >= max(s.thud_min_db, tr.level_db - s.thud_below_level_db)
 
     def _rearm(self, t_ns: int, direction: float) -> None:
         """A new movement cycle (see ``SoundSettings``): silence, a foot strike in a gait, or a cyclic swing

@@ -15,7 +15,7 @@ faults, battery and status as the simulated link); this module is the radio side
 * **Flow**: like firmware, the sensor hands notifications to its BLE stack only while the stack has
   room (the HCI controller's ACL buffers, i.e. the link's flow control), and keeps the rest in a TX
   ring of ``tx_buffer_packets``; a full ring drops its oldest packet, counted per stream
-  (``tx_overflow_<stream>``; ``tx_overflow_unseen_<stream>`` those of them overwritten before the stream's
+  (``tx_overflow_<stream>``; ``unseen_tx_overflow_<stream>`` those of them overwritten before the stream's
   first notification, which no gateway can see as a gap). Nothing is lost silently: every packet the core
   produced is either notified or counted under one reason (see :attr:`BleSensor.counters`).
 * **Control** (write with response, §1): ``0x01`` START, ``0x02`` STOP, and (proposed, compatible
@@ -288,12 +288,12 @@ class BleSensor:
             core = await self._core()
             for uuid, stream in STREAM_OF_CHAR.items():
                 await core.start_notify(uuid, self._core_callback(stream))
-            now = asyncio.get_running_loop().time()
+            t0 = asyncio.get_running_loop().time()
             if self.world is not None:  # the session's first START switched every sensor on
                 if self.world.t0_loop_s is None:
-                    self.world.t0_loop_s = now
-                core.start_loop_s = self.world.t0_loop_s
-            self._loop_t0 = now if self.world is None else self.world.t0_loop_s
+                    self.world.t0_loop_s = t0
+                t0 = self.world.t0_loop_s
+            self._loop_t0 = core.start_loop_s = t0
             self._spawn(self._run_core())
             self._spawn(self._run_link_faults())
 
@@ -349,7 +349,7 @@ class BleSensor:
             if not self.counters[f"notified_{old_stream}"]:
                 # Before the stream's first notification (a sensor started late catching up on the session): the
                 # gateway cannot see these as a sequence gap, so they are counted apart too.
-                self.counters[f"tx_overflow_unseen_{old_stream}"] += 1
+                self.counters[f"unseen_tx_overflow_{old_stream}"] += 1
         self._tx.append((stream, data))
         self._tx_wake.set()
 
@@ -556,8 +556,6 @@ class BleSensor:
         """Packets per stream the gateway cannot have received, by reason (the core's drops included)."""
         out: Counter[str] = Counter()
         for key, n in self.counters.items():
-            if key.startswith("tx_overflow_unseen_"):  # a part of tx_overflow_<stream>, not more packets
-                continue
             for reason in ("tx_overflow", "unsent", "not_connected", "stalled", "not_started", "not_subscribed",
                            "in_flight_lost", "mtu_too_small"):
                 if key == reason or key.startswith(reason + "_"):

@@ -62,7 +62,7 @@ def test_full_radio_drops_are_counted(mosquitto):
     assert overflow > 0.2 * sum(t.packets_produced for t in rows)
     # Every overwritten packet is a gap the gateway reports, except those a late-started sensor overwrote before its
     # stream's first notification (no sequence gap can show them): the sensor counts those apart.
-    unseen = sum(c.get(f"tx_overflow_unseen_{s}", 0) for c in run.sensor_counters.values() for s in ("imu", "mic"))
+    unseen = sum(c.get(f"unseen_tx_overflow_{s}", 0) for c in run.sensor_counters.values() for s in ("imu", "mic"))
     assert unseen < 0.05 * overflow
     assert run.gateway_counters["lost_packets"] == overflow - unseen
     for t in rows:
